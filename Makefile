@@ -1,0 +1,35 @@
+# vmspop: set-up and checks.  Only python3 (3.11+) is needed; everything else is
+# installed into .venv from PyPI.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := vmspop-data
+STAMP := $(VENV)/.installed
+
+.PHONY: run test interop clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Non-editable on purpose: twistd discovers plugins by scanning sys.path for
+# twisted/plugins/, which a default (PEP 660) editable install hides.
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(shell find vmspop twisted -name '*.py')
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '.[test]'
+	touch $@
+
+## run: install, create a demo user with a demo message if $(DATA) is empty, serve on 127.0.0.1:1110
+run: $(STAMP)
+	@$(BIN)/python -m vmspop.demo --data $(DATA)
+	cd $(CURDIR) && exec $(BIN)/twistd -n --pidfile= vmspop
+
+## test: the whole test suite (what CI runs)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## interop: checks against real third-party clients and Dovecot (needs Debian packages; see docs/testing.md)
+interop: $(STAMP)
+	VMSPOP_INTEROP=1 $(BIN)/python -m pytest -q -m interop
+
+clean:
+	rm -rf $(VENV) build *.egg-info
