@@ -1,0 +1,249 @@
+"""Real sockets, real clients: Python's poplib, curl, and Twisted's own POP3 client.
+
+The server runs on Twisted's reactor in a background thread for the whole test
+session; each test gets its own store, password file and listening port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import poplib
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer, protocol
+from twisted.internet.threads import blockingCallFromThread
+from twisted.mail.pop3 import AdvancedPOP3Client
+
+from vmspop.config import ServerConfig
+from vmspop.passwd import Account, PasswordFile
+from vmspop.secretfile import write_secret
+from vmspop.server import POP3Factory, make_pop3_factory
+from vmspop.store import MailStore
+
+MESSAGE = (b"From: alice@example.org\nTo: jones@example.com\nSubject: greetings\n\n"
+           b"Hello Jones,\n.a line starting with a dot\n.\nend\n")
+
+
+@pytest.fixture(scope="session")
+def reactor() -> Iterator[Any]:
+    """Twisted's reactor, running in a daemon thread for the session."""
+    from twisted.internet import reactor as global_reactor
+    thread = threading.Thread(target=global_reactor.run, kwargs={"installSignalHandlers": False},
+                              daemon=True)
+    thread.start()
+    yield global_reactor
+    global_reactor.callFromThread(global_reactor.stop)
+    thread.join(10)
+
+
+@dataclass
+class Live:
+    """A vmspop listening on 127.0.0.1."""
+
+    port: int
+    store: MailStore
+    factory: POP3Factory
+    reactor: Any
+    clients: list[poplib.POP3]
+
+    def pop(self) -> poplib.POP3:
+        """A connected poplib client, closed when the test ends."""
+        client = poplib.POP3("127.0.0.1", self.port, timeout=10)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        """Close the clients and the listening port."""
+        for client in self.clients:
+            client.close()
+        blockingCallFromThread(self.reactor, self._port.stopListening)  # type: ignore[attr-defined]
+
+
+def start(reactor: Any, tmp_path: Path, **settings: Any) -> Live:
+    """Create user jones (password wonderland, APOP secret tanstaafl) and listen."""
+    config = ServerConfig(mail_root=tmp_path / "mail", passwd=tmp_path / "passwd", hostname="localhost",
+                          auth_failure_delay=0.0, **settings)
+    store = MailStore(config.mail_root)
+    PasswordFile(config.passwd).update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
+    store.create_mailbox("jones")
+    write_secret(store.secret_path("jones"), b"tanstaafl")
+    factory = blockingCallFromThread(reactor, make_pop3_factory, config, reactor)
+    port = blockingCallFromThread(reactor, reactor.listenTCP, 0, factory, interface="127.0.0.1")
+    live = Live(port.getHost().port, store, factory, reactor, [])
+    live._port = port  # type: ignore[attr-defined]
+    return live
+
+
+@pytest.fixture
+def live(reactor: Any, tmp_path: Path) -> Iterator[Live]:
+    server = start(reactor, tmp_path)
+    yield server
+    server.stop()
+
+
+def folder_names(store: MailStore, folder: str) -> list[str]:
+    return sorted(p.name for sub in ("new", "cur") for p in (store.folder("jones", folder) / sub).iterdir())
+
+
+def test_poplib_user_pass_session(live: Live) -> None:
+    """poplib: USER/PASS, STAT, LIST, UIDL, RETR byte-exact, QUIT moves the message to MAIL."""
+    live.store.deliver(["jones"], [MESSAGE])
+    client = live.pop()
+    assert client.getwelcome().startswith(b"+OK POP server vmspop")
+    assert client.user("jones") == b'+OK Password required for "jones"'
+    assert client.pass_("wonderland").startswith(b"+OK Username/password combination ok")
+    size = len(MESSAGE.replace(b"\n", b"\r\n"))
+    assert client.stat() == (1, size)
+    assert client.list()[1] == [b"1 %d" % size]
+    [uidl] = client.uidl()[1]
+    assert uidl.startswith(b"1 JONES_")
+    response, lines, octets = client.retr(1)
+    assert response == b"+OK %d octets" % size
+    assert b"\n".join(lines) + b"\n" == MESSAGE
+    assert octets == size  # poplib counts the un-stuffed lines with CRLF
+    client.quit()
+    assert folder_names(live.store, "NEWMAIL") == []
+    assert len(folder_names(live.store, "MAIL")) == 1
+
+
+def test_poplib_apop(live: Live) -> None:
+    """poplib: APOP with the POP_SECRET.DAT secret (stock Twisted never accepts APOP on Python 3)."""
+    live.store.deliver(["jones"], [MESSAGE])
+    client = live.pop()
+    assert client.apop("jones", "tanstaafl").startswith(b"+OK Username/secret combination ok")
+    assert client.stat()[0] == 1
+    client.quit()
+
+
+def test_poplib_two_failures_close_the_connection(live: Live) -> None:
+    """Only two failed logins per connection: the second -ERR [AUTH] is followed by a close."""
+    client = live.pop()
+    client.user("jones")
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        client.pass_("wrong")
+    client.user("jones")
+    with pytest.raises(poplib.error_proto, match=r"closing connection"):
+        client.pass_("wrong again")
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        client.user("jones")
+
+
+def test_apop_with_login_password_fails(live: Live) -> None:
+    """The login password is never an APOP secret."""
+    client = live.pop()
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        client.apop("jones", "wonderland")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_apop_retrieves_message(live: Live) -> None:
+    """curl (which always picks APOP when the greeting has a timestamp) lists and retrieves."""
+    live.store.deliver(["jones"], [MESSAGE])
+    url = f"pop3://127.0.0.1:{live.port}/"
+    listing = subprocess.run(["curl", "-s", "-u", "jones:tanstaafl", url], capture_output=True,
+                             timeout=30, check=True).stdout
+    assert listing == b"1 %d\r\n" % len(MESSAGE.replace(b"\n", b"\r\n"))
+    body = subprocess.run(["curl", "-s", "-u", "jones:tanstaafl", url + "1"], capture_output=True,
+                          timeout=30, check=True).stdout
+    assert body == MESSAGE.replace(b"\n", b"\r\n")
+    failed = subprocess.run(["curl", "-s", "-u", "jones:nope", url], capture_output=True, timeout=30)
+    assert failed.returncode == 67  # curl: login denied
+
+
+def test_twisted_pop3_client(live: Live) -> None:
+    """Twisted's AdvancedPOP3Client logs in with APOP and reads the message."""
+    live.store.deliver(["jones"], [MESSAGE])
+
+    @defer.inlineCallbacks
+    def session() -> Any:
+        creator = protocol.ClientCreator(live.reactor, AdvancedPOP3Client)
+        client = yield creator.connectTCP("127.0.0.1", live.port)
+        client.allowInsecureLogin = False
+        yield client.login(b"jones", b"tanstaafl")  # APOP, since the greeting has a challenge
+        sizes = yield client.listSize()
+        lines = yield client.retrieve(0)
+        yield client.quit()
+        return sizes, lines
+
+    sizes, lines = blockingCallFromThread(live.reactor, session)
+    assert sizes == [len(MESSAGE.replace(b"\n", b"\r\n"))]
+    assert b"\n".join(lines) + b"\n" == MESSAGE
+
+
+def test_concurrent_login_is_in_use(live: Live) -> None:
+    """A second live session for the same user gets -ERR [IN-USE] immediately."""
+    first = live.pop()
+    first.user("jones")
+    first.pass_("wonderland")
+    second = live.pop()
+    second.user("jones")
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        second.pass_("wonderland")
+    first.quit()
+    third = live.pop()
+    third.user("jones")
+    assert third.pass_("wonderland").startswith(b"+OK")
+    third.quit()
+
+
+def test_tcp_nodelay_is_set(live: Live) -> None:
+    """POP3 sockets have TCP_NODELAY, so the last line of a RETR is not held for a delayed ACK."""
+    client = live.pop()
+
+    def nodelay() -> int:
+        [session] = list(live.factory.sessions)
+        return session.transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    assert blockingCallFromThread(live.reactor, nodelay) != 0
+    client.quit()
+
+
+def test_large_message_streams_byte_exact(live: Live) -> None:
+    """A 24 MiB message with dot lines at every position arrives intact and with the right size."""
+    pattern = b"".join(b"." * (i % 3) + b"line %d\n" % i for i in range(1000))
+    big = b"Subject: big\n\n" + pattern * (24 * 1024 * 1024 // len(pattern))
+    live.store.deliver(["jones"], [big])
+    client = live.pop()
+    client.user("jones")
+    client.pass_("wonderland")
+    response, lines, _ = client.retr(1)
+    assert response == b"+OK %d octets" % len(big.replace(b"\n", b"\r\n"))
+    received = b"\n".join(lines) + b"\n"
+    assert hashlib.sha256(received).digest() == hashlib.sha256(big).digest()
+    client.quit()
+
+
+def test_client_that_stops_reading_is_timed_out(reactor: Any, tmp_path: Path) -> None:
+    """A client that stops reading a RETR is disconnected after --idle-timeout; nothing changes."""
+    server = start(reactor, tmp_path, idle_timeout=1.0)
+    try:
+        server.store.deliver(["jones"], [b"Subject: big\n\n" + b"z" * (32 * 1024 * 1024) + b"\n"])
+        before = folder_names(server.store, "NEWMAIL")
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.recv(1024)
+        sock.sendall(b"USER jones\r\nPASS wonderland\r\nRETR 1\r\n")
+        time.sleep(0.5)
+        deadline = time.monotonic() + 15
+        while server.factory.sessions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not server.factory.sessions, "the stalled session was closed"
+        sock.close()
+        assert folder_names(server.store, "NEWMAIL") == before
+        assert folder_names(server.store, "MAIL") == []
+        # The lock went with the session.
+        client = server.pop()
+        client.user("jones")
+        assert client.pass_("wonderland").startswith(b"+OK")
+        client.quit()
+    finally:
+        server.stop()

@@ -1,0 +1,315 @@
+"""Authentication through twisted.cred: credentials, the account checker, the portal and the realm.
+
+Every login method (USER/PASS, APOP, and later SASL) goes through
+:meth:`SessionPortal.login`, which is the one place that counts failures per
+connection, delays failure replies, and logs the outcome.  The checker owns the
+secrets (the password file and the ``POP_SECRET.DAT`` files); the realm locks the
+mailbox and takes the session snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.mail.pop3 import IMailbox
+from twisted.python.failure import Failure
+from zope.interface import Attribute, implementer
+
+from vmspop.events import EventLog
+from vmspop.hashing import UnsupportedHash, dummy_hash, verify_password
+from vmspop.mailbox import open_mailbox
+from vmspop.passwd import InvalidUsername, PasswordFile, normalize_username, utc_today
+from vmspop.secretfile import SecretMissing, SecretRejected, read_secret
+from vmspop.store import MailboxLocked, MailStore, NoSuchMailbox
+from vmspop.threads import ThreadRunner
+
+__all__ = [
+    "APOPCredentials",
+    "AccountChecker",
+    "IAPOPCredentials",
+    "LoginAttempts",
+    "LoginRefused",
+    "MailRealm",
+    "SessionPortal",
+    "refusal_reply",
+]
+
+
+class IAPOPCredentials(IUsernameHashedPassword):
+    """APOP credentials: checked against the user's shared secret, never the login password."""
+
+    challenge = Attribute("The greeting's <...> timestamp, bytes.")
+    digest = Attribute("The client's 32 lower-case hex digits, bytes.")
+
+
+@implementer(IAPOPCredentials)
+class APOPCredentials:
+    """An APOP attempt (RFC 1939 section 7).
+
+    Twisted's own ``APOPCredentials`` compares a str digest with the bytes from the
+    wire and so never succeeds on Python 3; this one works on bytes and compares in
+    constant time.
+    """
+
+    def __init__(self, username: bytes, challenge: bytes, digest: bytes) -> None:
+        self.username = username
+        self.challenge = challenge
+        self.digest = digest.lower()
+
+    def checkPassword(self, password: bytes) -> bool:
+        """True if ``password`` (the shared secret) produced the client's digest."""
+        expected = hashlib.md5(self.challenge + password).hexdigest().encode("ascii")
+        return hmac.compare_digest(expected, self.digest)
+
+
+class LoginRefused(UnauthorizedLogin):
+    """A login refused for a reason the log names.
+
+    Attributes:
+        reason: a fixed word for the log (``unknown-user``, ``bad-password``,
+            ``no-secret``, ``bad-secret-file``, ``bad-digest``, ``disabled``,
+            ``nomail``, ``expired``, ``in-use``, ``no-mailbox``, ``too-many-attempts``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# reason -> (response code, friendly text).  {user} is the name as the client typed it.
+_FRIENDLY: dict[str, tuple[str, str]] = {
+    "unknown-user": ("AUTH", 'user "{user}" is unknown'),
+    "bad-password": ("AUTH", 'password supplied for "{user}" is incorrect'),
+    "no-secret": ("AUTH", 'no APOP shared secret (POP_SECRET.DAT) is set up for "{user}"'),
+    "bad-secret-file": ("AUTH", 'the APOP shared secret of "{user}" cannot be used; ask the postmaster'),
+    "bad-digest": ("AUTH", 'APOP digest supplied for "{user}" is incorrect'),
+    "disabled": ("SYS/PERM", 'account "{user}" is disabled'),
+    "nomail": ("SYS/PERM", 'account "{user}" may not use mail'),
+    "expired": ("SYS/PERM", 'account "{user}" has expired'),
+    "too-many-attempts": ("AUTH", "too many failed logins on this connection"),
+}
+# Replies that reveal nothing a wrong password would not, so secure mode keeps them.
+_ALWAYS: dict[str, tuple[str, str]] = {
+    "in-use": ("IN-USE", 'mailbox of "{user}" is in use by another session; try again later'),
+    "no-mailbox": ("SYS/PERM", 'no mailbox exists for "{user}"; contact the postmaster'),
+}
+# The OpenVMS server's one generic reply in TCPIP$POP_SECURITY SECURE mode.
+_SECURE = ("AUTH", 'Access to user account "{user}" denied')
+
+
+def refusal_reply(reason: str, user: str, security: str) -> tuple[str, str]:
+    """The response code and text for a refused login.
+
+    In ``secure`` mode every credential or account problem gets the same reply, so an
+    unknown user cannot be told from a wrong password.  Lock conflicts are reported
+    as they are: they happen only after the credentials were accepted.
+    """
+    if reason in _ALWAYS:
+        code, text = _ALWAYS[reason]
+    elif security == "friendly" and reason in _FRIENDLY:
+        code, text = _FRIENDLY[reason]
+    else:
+        code, text = _SECURE
+    return code, text.format(user=user)
+
+
+@implementer(ICredentialsChecker)
+class AccountChecker:
+    """Checks USER/PASS against the password file and APOP against ``POP_SECRET.DAT``.
+
+    The work (hash verification, file reads) runs in a thread.  Account flags are
+    checked only after the credentials are proven, so a stranger learns nothing from
+    them.
+
+    Args:
+        passwords: the password file.
+        store: the mail store (where secret files live).
+        run_in_thread: runs a blocking callable off the reactor thread.
+        events: where ignored secret files are reported.
+        today: the current date (UTC), for account expiry; injectable for tests.
+    """
+
+    credentialInterfaces = (IUsernamePassword, IAPOPCredentials)
+
+    def __init__(self, passwords: PasswordFile, store: MailStore, run_in_thread: ThreadRunner,
+                 events: EventLog, today: Callable[[], datetime.date] | None = None) -> None:
+        self.passwords = passwords
+        self.store = store
+        self._run = run_in_thread
+        self._events = events
+        self._today = today or utc_today
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        """Fire with the normalised user name (bytes) or fail with :class:`LoginRefused`."""
+        return self._run(self._check, credentials)
+
+    def _check(self, credentials: Any) -> bytes:
+        apop = IAPOPCredentials.providedBy(credentials)
+        try:
+            name = normalize_username(credentials.username)
+        except InvalidUsername:
+            name = None
+        account = self.passwords.lookup(name) if name is not None else None
+        if apop:
+            if account is None:
+                raise LoginRefused("unknown-user")
+            secret = self._secret(account)
+            if not credentials.checkPassword(secret):
+                raise LoginRefused("bad-digest")
+        else:
+            password = credentials.password
+            if isinstance(password, bytes):
+                password = password.decode("utf-8", "surrogateescape")
+            if account is None:
+                # Spend the time a real verification costs, so timing does not
+                # tell an unknown user from a wrong password.
+                verify_password(dummy_hash(), password)
+                raise LoginRefused("unknown-user")
+            try:
+                if not verify_password(account.password_hash, password):
+                    raise LoginRefused("bad-password")
+            except UnsupportedHash as e:
+                self._events.error("password hash of user=<{user}> unusable: {why}",
+                                   user=account.name, why=str(e))
+                raise LoginRefused("bad-password") from None
+        if account.disuser:
+            raise LoginRefused("disabled")
+        if account.dismail:
+            raise LoginRefused("nomail")
+        if account.expired(self._today()):
+            raise LoginRefused("expired")
+        return account.name.encode("ascii")
+
+    def _secret(self, account: Any) -> bytes:
+        owners = {os.stat(self.store.root).st_uid}
+        if account.uid is not None:
+            owners.add(account.uid)
+        try:
+            return read_secret(self.store.secret_path(account.name), owners)
+        except SecretMissing:
+            raise LoginRefused("no-secret") from None
+        except SecretRejected as e:
+            self._events.secret_ignored(user=account.name, why=str(e))
+            raise LoginRefused("bad-secret-file") from None
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Turns an authenticated user into a locked :class:`~vmspop.mailbox.VMSMailbox`.
+
+    Args:
+        store: the mail store.
+        run_in_thread: runs the lock and the folder scan off the reactor thread.
+        use_mail_folder: serve MAIL (``--use-mail-folder``).
+        leave_in_newmail: keep retrieved mail in NEWMAIL (``--leave-in-newmail``).
+        message_maximum: messages per session, 0 for all (``--message-maximum``).
+        id_server: the ``X-POP3-Server:`` value with ``--send-id-headers``, else None.
+    """
+
+    def __init__(self, store: MailStore, run_in_thread: ThreadRunner, *, use_mail_folder: bool = False,
+                 leave_in_newmail: bool = False, message_maximum: int = 0,
+                 id_server: str | None = None) -> None:
+        self.store = store
+        self._run = run_in_thread
+        self._options = dict(use_mail_folder=use_mail_folder, leave_in_newmail=leave_in_newmail,
+                             limit=message_maximum, id_server=id_server)
+
+    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> defer.Deferred:
+        """Fire with ``(IMailbox, mailbox, logout)``; fail with LoginRefused("in-use") if locked."""
+        if IMailbox not in interfaces:
+            raise NotImplementedError("vmspop only serves POP3 mailboxes")
+        user = avatarId.decode("ascii")
+        d = self._run(open_mailbox, self.store, user, run_in_thread=self._run, **self._options)
+
+        def refused(failure: Failure) -> None:
+            failure.trap(MailboxLocked, NoSuchMailbox)
+            raise LoginRefused("in-use" if failure.check(MailboxLocked) else "no-mailbox")
+
+        d.addCallbacks(lambda mailbox: (IMailbox, mailbox, mailbox.logout), refused)
+        return d
+
+
+class LoginAttempts:
+    """The per-connection login state passed to the portal as the cred "mind".
+
+    Attributes:
+        limit: failures allowed on this connection (``--max-auth-attempts``).
+        failures: failures so far.
+        rip: the client's address, for the log.
+        session: the session id, for the log.
+    """
+
+    def __init__(self, limit: int, rip: str, session: str) -> None:
+        self.limit = limit
+        self.failures = 0
+        self.rip = rip
+        self.session = session
+
+    @property
+    def exhausted(self) -> bool:
+        """True once no more attempts are allowed."""
+        return self.failures >= self.limit
+
+
+def method_of(credentials: Any) -> str:
+    """The login method name used in logs."""
+    return "APOP" if IAPOPCredentials.providedBy(credentials) else "USER"
+
+
+class SessionPortal(Portal):
+    """A Portal that counts, delays and logs every failed login of a connection.
+
+    Args:
+        realm: the realm.
+        checkers: the credential checkers.
+        clock: schedules the failure delay (never sleeps on the reactor thread).
+        failure_delay: seconds before a failure is reported (``--auth-failure-delay``).
+        events: the operator's log.
+    """
+
+    def __init__(self, realm: IRealm, checkers: list[ICredentialsChecker], *, clock: IReactorTime,
+                 failure_delay: float, events: EventLog) -> None:
+        super().__init__(realm, checkers)
+        self.clock = clock
+        self.failure_delay = failure_delay
+        self.events = events
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        """Log in; with a :class:`LoginAttempts` mind, failures are counted, delayed and logged."""
+        if not isinstance(mind, LoginAttempts):
+            return super().login(credentials, mind, *interfaces)
+        user = getattr(credentials, "username", None)
+        method = method_of(credentials)
+        if mind.exhausted:
+            return defer.fail(LoginRefused("too-many-attempts"))
+        d = super().login(credentials, mind, *interfaces)
+
+        def succeeded(result: Any) -> Any:
+            self.events.login(user=user.decode("ascii", "replace") if user else "-", method=method,
+                              rip=mind.rip, session=mind.session)
+            return result
+
+        def failed(failure: Failure) -> Any:
+            if not failure.check(UnauthorizedLogin):
+                return failure  # a server fault: not the client's, so not counted
+            mind.failures += 1
+            reason = getattr(failure.value, "reason", "bad-credentials")
+            self.events.login_failed(user=user, method=method, rip=mind.rip, session=mind.session,
+                                     reason=reason, attempt=mind.failures, limit=mind.limit)
+            if self.failure_delay > 0:
+                return task.deferLater(self.clock, self.failure_delay, lambda: failure)
+            return failure
+
+        d.addCallbacks(succeeded, failed)
+        return d

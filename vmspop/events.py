@@ -1,0 +1,129 @@
+"""The operator's log: one stable, documented line per login, failure, logout and refusal.
+
+The formats are part of vmspop's interface (docs/admin.md, fail2ban filters match
+them); change them only with care.  Values that come from the client (user names)
+are reduced to a safe alphabet so they cannot forge fields.  Passwords, digests and
+secrets are never passed here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.logger import Logger
+
+from vmspop.config import LOG_LEVELS
+
+__all__ = ["EventLog", "safe"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._$@+-]")
+#: A logged user name longer than RFC 1939's 40-octet argument limit is cut.
+MAX_LOGGED_NAME = 40
+
+
+def safe(text: str | bytes | None) -> str:
+    """A client-supplied value reduced to characters that cannot break a log line."""
+    if text is None:
+        return "-"
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    return _UNSAFE.sub("?", text[:MAX_LOGGED_NAME]) or "-"
+
+
+class EventLog:
+    """Emits vmspop's log events, filtered by ``--log-level`` and ``--trace``.
+
+    Args:
+        level: one of :data:`vmspop.config.LOG_LEVELS`.
+        trace: log every protocol line (masked by the caller).
+        logger: the twisted.logger Logger to emit to.
+    """
+
+    def __init__(self, level: str = "info", trace: bool = False, logger: Logger | None = None) -> None:
+        self._rank = LOG_LEVELS.index(level)
+        self.trace_enabled = trace
+        self.log = logger if logger is not None else Logger(namespace="vmspop")
+
+    def _on(self, level: str) -> bool:
+        return self._rank >= LOG_LEVELS.index(level)
+
+    # -- info: what fail2ban and an operator need ---------------------------------------
+
+    def login(self, *, user: str, method: str, rip: str, session: str) -> None:
+        """A successful login."""
+        if self._on("info"):
+            self.log.info("login: user=<{user}> method={method} rip={rip} session=<{session}>",
+                          user=safe(user), method=method, rip=rip, session=session)
+
+    def login_failed(self, *, user: str | bytes | None, method: str, rip: str, session: str,
+                     reason: str, attempt: int, limit: int) -> None:
+        """A failed login; ``reason`` is a fixed word (docs/admin.md lists them)."""
+        if self._on("info"):
+            self.log.info(
+                "auth failed: user=<{user}> method={method} rip={rip} session=<{session}> "
+                "reason={reason} attempt={attempt}/{limit}",
+                user=safe(user), method=method, rip=rip, session=session, reason=reason,
+                attempt=attempt, limit=limit)
+
+    def logout(self, *, user: str, rip: str, session: str, retr: int, retr_octets: int, top: int,
+               deleted: int, deleted_octets: int, moved: int, missing: int) -> None:
+        """The end of a session that QUIT and updated the mailbox."""
+        if self._on("info"):
+            self.log.info(
+                "logout: user=<{user}> rip={rip} session=<{session}> retr={retr}/{retr_octets} "
+                "top={top} del={deleted}/{deleted_octets} moved={moved} missing={missing}",
+                user=safe(user), rip=rip, session=session, retr=retr, retr_octets=retr_octets,
+                top=top, deleted=deleted, deleted_octets=deleted_octets, moved=moved, missing=missing)
+
+    def disconnected(self, *, user: str | None, rip: str, session: str, reason: str,
+                     attempts: int) -> None:
+        """A connection that ended without a completed QUIT: nothing in the mailbox changed."""
+        if not self._on("info"):
+            return
+        if user is None:
+            self.log.info("disconnected without login: rip={rip} session=<{session}> "
+                          "reason={reason} attempts={attempts}",
+                          rip=rip, session=session, reason=reason, attempts=attempts)
+        else:
+            self.log.info("disconnected: user=<{user}> rip={rip} session=<{session}> "
+                          "reason={reason} (mailbox unchanged)",
+                          user=safe(user), rip=rip, session=session, reason=reason)
+
+    def refused(self, *, rip: str, reason: str) -> None:
+        """A connection refused before the greeting (e.g. too many sessions)."""
+        if self._on("info"):
+            self.log.info("connection refused: rip={rip} reason={reason}", rip=rip, reason=reason)
+
+    def secret_ignored(self, *, user: str, why: str) -> None:
+        """A POP_SECRET.DAT that vmspop will not use, and why."""
+        if self._on("error"):
+            self.log.warn("APOP secret file of user=<{user}> ignored: {why}", user=safe(user), why=why)
+
+    # -- session and debug --------------------------------------------------------------
+
+    def connected(self, *, rip: str, session: str) -> None:
+        """A new connection (session level)."""
+        if self._on("session"):
+            self.log.info("connect: rip={rip} session=<{session}>", rip=rip, session=session)
+
+    def command(self, *, session: str, verb: str, detail: str = "") -> None:
+        """One command handled (session level); never carries arguments that are secrets."""
+        if self._on("session"):
+            self.log.info("command: session=<{session}> {verb}{detail}", session=session, verb=verb,
+                          detail=f" {detail}" if detail else "")
+
+    def trace(self, *, session: str, direction: str, line: str) -> None:
+        """One protocol line, already masked by the caller (``--trace``)."""
+        if self.trace_enabled:
+            self.log.info("trace: session=<{session}> {direction} {line}", session=session,
+                          direction=direction, line=line)
+
+    # -- errors: the operator's problem, never the client's -----------------------------
+
+    def failure(self, message: str, **fields: object) -> None:
+        """A server-side fault, with the current exception's traceback."""
+        self.log.failure(message, **fields)
+
+    def error(self, message: str, **fields: object) -> None:
+        """A server-side problem without a traceback."""
+        self.log.error(message, **fields)

@@ -1,0 +1,469 @@
+"""The POP3 protocol: wires the codec (vmspop.wire), the state table (vmspop.state),
+the portal and the mailbox to a Twisted transport.
+
+``VMSPOP3`` subclasses :class:`twisted.mail.pop3.POP3` for its place in Twisted
+(``IMailbox`` avatars, ``portal``/``factory`` attributes, ``TimeoutMixin``), and
+replaces the parts of it that are wrong: parsing, the login path, deleted-message
+handling, byte-stuffing, octet counts, QUIT and the idle timer.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
+from twisted.mail import pop3
+from twisted.python.failure import Failure
+
+from vmspop import state, wire
+from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
+from vmspop.mailbox import BadMessageNumber, UpdateResult, VMSMailbox
+from vmspop.transfer import FileSource, IterSource, StreamStopped, Streamer
+
+if TYPE_CHECKING:
+    from vmspop.server import POP3Factory
+
+__all__ = ["VMSPOP3"]
+
+#: Pipelined input held while a command runs; past this the socket is not read,
+#: so a client cannot make the server buffer without bound (RFC 2449 PIPELINING).
+MAX_PENDING_INPUT = 64 * 1024
+#: LIST and UIDL lines per written block: few writes, bounded memory for 100,000 messages.
+LINES_PER_BLOCK = 2048
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class VMSPOP3(pop3.POP3):
+    """One POP3 connection.
+
+    Args:
+        factory: the :class:`~vmspop.server.POP3Factory` that holds the settings,
+            the portal, the clock and the shared counters.
+    """
+
+    def __init__(self, factory: POP3Factory) -> None:
+        self.factory = factory
+        self.portal = factory.portal
+        self.config = factory.config
+        self.events = factory.events
+        self.callLater = factory.clock.callLater  # TimeoutMixin: no global reactor
+        self.session = secrets.token_hex(6)
+        self.phase = state.AUTHORIZATION
+        self.mbox: VMSMailbox | None = None
+        self.rip = "-"
+        self._lines = wire.LineBuffer()
+        self._pending: deque[bytes] = deque()
+        self._pending_octets = 0
+        self._reading_paused = False
+        self._busy = False
+        self._closing = False
+        self._admitted = False
+        self._user: bytes | None = None
+        self._attempts: LoginAttempts | None = None
+        self._streamer: Streamer | None = None
+        self._stats = dict(retr=0, retr_octets=0, top=0)
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Greet the client with the APOP challenge, or refuse it when the server is full."""
+        peer = self.transport.getPeer()
+        self.rip = getattr(peer, "host", None) or str(peer)
+        if not self.factory.admit(self):
+            self.events.refused(rip=self.rip, reason="too-many-sessions")
+            self._send(wire.err("too many sessions; try again later", "SYS/TEMP"))
+            self._close()
+            return
+        self._admitted = True
+        self._attempts = LoginAttempts(self.config.max_auth_attempts, self.rip, self.session)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            # Without it the final line of each RETR waits for the client's delayed ACK.
+            set_no_delay(True)
+        self.magic = self.factory.challenge()
+        self.events.connected(rip=self.rip, session=self.session)
+        self.setTimeout(self.config.idle_timeout or None)
+        self._send(wire.ok(self.factory.greeting(self.magic.decode("ascii"))))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Drop the session: without a completed QUIT nothing in the mailbox changes."""
+        self.setTimeout(None)
+        self._closing = True
+        if self._streamer is not None:
+            self._streamer.stopProducing()
+        if not self._admitted:
+            return
+        self.factory.release(self)
+        if self.phase == state.UPDATE:
+            return  # the update runs to its end and then releases the lock
+        why = getattr(self, "_why", "connection-lost")
+        if self.mbox is not None:
+            self.mbox.logout()
+            self.events.disconnected(user=self.mbox.user, rip=self.rip, session=self.session,
+                                     reason=why, attempts=0)
+        else:
+            self.events.disconnected(user=None, rip=self.rip, session=self.session, reason=why,
+                                     attempts=self._attempts.failures if self._attempts else 0)
+
+    def timeoutConnection(self) -> None:
+        """The idle timer fired: log the client out without an update."""
+        self._why = "idle-timeout"
+        if self._streamer is not None:
+            # The client stopped reading: a graceful close would wait for it forever.
+            self.transport.abortConnection()
+        else:
+            self._send(wire.err("autologout; idle for too long"))
+            self._close()
+
+    # -- input --------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split input into lines and run them in order, one at a time (PIPELINING)."""
+        if self._closing:
+            return
+        try:
+            lines = self._lines.feed(data)
+        except wire.LineTooLong:
+            self._send(wire.err(f"line too long; commands are limited to {wire.MAX_COMMAND_LINE} octets"))
+            self._why = "line-too-long"
+            self._close()
+            return
+        for line in lines:
+            self._pending.append(line)
+            self._pending_octets += len(line)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending and not self._busy and not self._closing:
+            line = self._pending.popleft()
+            self._pending_octets -= len(line)
+            self.resetTimeout()
+            self._run(line)
+        self._throttle_input()
+
+    def _throttle_input(self) -> None:
+        full = self._pending_octets > MAX_PENDING_INPUT
+        if full != self._reading_paused and not self._closing:
+            self._reading_paused = full
+            (self.transport.pauseProducing if full else self.transport.resumeProducing)()
+
+    def _run(self, line: bytes) -> None:
+        if self.events.trace_enabled:
+            self._trace("C:", _masked(line))
+        try:
+            command = wire.parse_command(line)
+        except wire.CommandError as e:
+            self._send(wire.err(e.text))
+            return
+        problem = state.refusal(self.phase, command.verb)
+        if problem is not None:
+            self._send(wire.err(problem))
+            return
+        self.events.command(session=self.session, verb=command.verb)
+        try:
+            result = getattr(self, "do_" + command.verb)(*command.args)
+        except BadMessageNumber as e:
+            self._send(wire.err(str(e)))
+            return
+        except Exception:
+            self.events.failure("{verb} failed", verb=command.verb)
+            self._send(wire.err("internal server error", "SYS/TEMP"))
+            return
+        if isinstance(result, defer.Deferred):
+            self._busy = True
+            result.addErrback(self._unexpected, command.verb)
+            result.addBoth(self._finished)
+
+    def _finished(self, _: Any) -> None:
+        self._busy = False
+        self._drain()
+
+    def _unexpected(self, failure: Failure, verb: str) -> None:
+        if failure.check(StreamStopped):
+            return  # the client went away mid-transfer; nothing to answer
+        self.events.failure("{verb} failed", failure=failure, verb=verb)
+        if self._streamer is not None:
+            self.transport.abortConnection()  # a reply cannot follow a partial message
+        else:
+            self._send(wire.err("internal server error", "SYS/TEMP"))
+
+    # -- output -------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self.events.trace_enabled:
+            self._trace("S:", data.split(b"\r\n", 1)[0])
+        self.transport.write(data)
+
+    def _trace(self, direction: str, line: bytes) -> None:
+        self.events.trace(session=self.session, direction=direction,
+                          line=line.decode("ascii", "backslashreplace"))
+
+    def _close(self) -> None:
+        self._closing = True
+        self.transport.loseConnection()
+
+    def _stream(self, read: Any, close: Any, transform: Any, finish: Any) -> defer.Deferred:
+        streamer = Streamer(self.transport, read, transform, finish,
+                            progress=self.resetTimeout, close=close)
+        self._streamer = streamer
+
+        def done(result: Any) -> Any:
+            self._streamer = None
+            return result
+
+        return streamer.start().addBoth(done)
+
+    def _lines_reply(self, first: bytes, lines: Iterator[bytes]) -> defer.Deferred:
+        """A multi-line reply of short lines (LIST, UIDL), written in blocks."""
+        def blocks() -> Iterator[bytes]:
+            batch: list[bytes] = []
+            for line in lines:
+                batch.append(line)
+                if len(batch) == LINES_PER_BLOCK:
+                    yield b"\r\n".join(batch) + b"\r\n"
+                    batch = []
+            if batch:
+                yield b"\r\n".join(batch) + b"\r\n"
+
+        self._send(first)
+        # Lines are built from numbers and UIDLs, which never start with ".".
+        source = IterSource(blocks())
+        return self._stream(source.read, source.close, lambda block: block, lambda: b".\r\n")
+
+    # -- AUTHORIZATION ------------------------------------------------------------------
+
+    def do_CAPA(self) -> None:
+        """RFC 2449 capabilities, for the current state."""
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if not self.config.disable_userpass and self.phase == state.AUTHORIZATION:
+            caps.append("USER")
+        # RFC 2449 EXPIRE 0: mail retrieved in this session leaves the maildrop (it moves
+        # to MAIL), which is what "leave mail on server" clients must know.
+        moves = not (self.config.leave_in_newmail or self.config.use_mail_folder)
+        caps.append("EXPIRE 0" if moves else "EXPIRE NEVER")
+        caps.append(f"IMPLEMENTATION {self.factory.implementation}")
+        self._send(wire.multiline(wire.ok("Capability list follows"), (c.encode() for c in caps)))
+
+    def do_USER(self, name: bytes) -> None:
+        """Remember the user name; the password check comes with PASS."""
+        if self.config.disable_userpass:
+            self._send(wire.err("USER/PASS is disabled on this server; use APOP"))
+            return
+        self._user = name
+        # The OpenVMS reply; in secure mode it is the same for unknown users.
+        self._send(wire.ok(f'Password required for "{_shown(name)}"'))
+
+    def do_PASS(self, password: bytes) -> defer.Deferred | None:
+        """Check USER's password through the portal."""
+        if self.config.disable_userpass:
+            self._send(wire.err("USER/PASS is disabled on this server; use APOP"))
+            return None
+        if self._user is None:
+            self._send(wire.err("give USER first"))
+            return None
+        user, self._user = self._user, None
+        return self._login(UsernamePassword(user, password), user, "Username/password combination ok")
+
+    def do_APOP(self, name: bytes, digest: bytes) -> defer.Deferred | None:
+        """Check an APOP digest against the user's POP_SECRET.DAT through the portal."""
+        if len(digest) != 32 or not set(digest) <= _HEX:
+            self._send(wire.err("APOP digest must be 32 hexadecimal digits"))
+            return None
+        self._user = None
+        assert self.magic is not None
+        credentials = APOPCredentials(name, self.magic, digest)
+        return self._login(credentials, name, "Username/secret combination ok")
+
+    def do_AUTH(self, mechanism: bytes | None = None, initial: bytes | None = None) -> None:
+        """No SASL mechanism is offered yet (CAPA lists no SASL)."""
+        self._send(wire.err("no SASL mechanisms are available; use USER/PASS or APOP"))
+
+    def do_STLS(self) -> None:
+        """TLS is not configured, so STLS is refused (RFC 2595) and the session goes on in clear."""
+        self._send(wire.err("STLS is not available: TLS is not configured on this server"))
+
+    def _login(self, credentials: Any, user: bytes, success: str) -> defer.Deferred:
+        assert self._attempts is not None
+        d = self.portal.login(credentials, self._attempts, pop3.IMailbox)
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(success,),
+                       errbackArgs=(user,))
+        return d
+
+    def _logged_in(self, result: tuple[Any, VMSMailbox, Any], success: str) -> None:
+        _, mailbox, _ = result
+        if self._closing:
+            mailbox.logout()  # the client left while the login ran
+            return
+        self.mbox = mailbox
+        self.phase = state.TRANSACTION
+        count, octets = mailbox.totals()
+        self._send(wire.ok(f"{success}; {_maildrop(count, octets)}"))
+
+    def _login_failed(self, failure: Failure, user: bytes) -> None:
+        assert self._attempts is not None
+        if not failure.check(UnauthorizedLogin):
+            self.events.failure("login failed unexpectedly", failure=failure)
+            self._send(wire.err("temporary server error; try again later", "SYS/TEMP"))
+            return
+        reason = failure.value.reason if isinstance(failure.value, LoginRefused) else "bad-credentials"
+        code, text = refusal_reply(reason, _shown(user), self.config.security)
+        if self._attempts.exhausted:
+            self._send(wire.err(f"{text}; too many failed logins, closing connection", code))
+            self._why = "too-many-auth-failures"
+            self._close()
+        else:
+            self._send(wire.err(text, code))
+
+    # -- TRANSACTION --------------------------------------------------------------------
+
+    def do_STAT(self) -> None:
+        """Count and octets of the messages not marked deleted."""
+        assert self.mbox is not None
+        count, octets = self.mbox.totals()
+        self._send(wire.ok(f"{count} {octets}"))
+
+    def do_LIST(self, number: int | None = None) -> defer.Deferred | None:
+        """Sizes on the wire; deleted messages are not listed."""
+        mbox = self.mbox
+        assert mbox is not None
+        if number is not None:
+            self._send(wire.ok(f"{number} {mbox.size(mbox.message(number - 1))}"))
+            return None
+        count, octets = mbox.totals()
+        lines = (b"%d %d" % (i + 1, mbox.size(m)) for i, m in mbox.live())
+        return self._lines_reply(wire.ok(_maildrop(count, octets)), lines)
+
+    def do_UIDL(self, number: int | None = None) -> defer.Deferred | None:
+        """Unique ids; ``UIDL n`` answers ``+OK n uid`` (RFC 1939)."""
+        mbox = self.mbox
+        assert mbox is not None
+        if number is not None:
+            self._send(wire.ok(f"{number} {mbox.message(number - 1).uid}"))
+            return None
+        lines = (b"%d %s" % (i + 1, m.uid.encode("ascii")) for i, m in mbox.live())
+        return self._lines_reply(wire.ok("unique-id listing follows"), lines)
+
+    def do_RETR(self, number: int) -> defer.Deferred:
+        """Send a whole message; a completed RETR marks it for the move to MAIL."""
+        return self._send_message(number, None)
+
+    def do_TOP(self, number: int, lines: int) -> defer.Deferred:
+        """Send the headers and the first ``lines`` body lines; TOP does not mark the message read."""
+        return self._send_message(number, lines)
+
+    def _send_message(self, number: int, body_lines: int | None) -> defer.Deferred:
+        mbox = self.mbox
+        assert mbox is not None
+        index = number - 1
+        message = mbox.message(index)
+        source = FileSource(message.path, self.factory.run_in_thread, self.factory.block_size)
+
+        def opened(_: Any) -> defer.Deferred:
+            stuffer = wire.Stuffer()
+            transform = stuffer.feed
+            read = source.read
+            if body_lines is None:
+                self._send(wire.ok(f"{mbox.size(message)} octets"))
+            else:
+                self._send(wire.ok("top of message follows"))
+                top = wire.TopFilter(body_lines)
+                transform = lambda block: stuffer.feed(top.feed(block))  # noqa: E731
+                # Stop reading once the requested lines are out.
+                read = lambda: defer.succeed(b"") if top.done else source.read()  # noqa: E731
+            prefix = mbox.prefix(message)
+            if prefix:
+                self.transport.write(transform(prefix))
+            return self._stream(read, source.close, transform, stuffer.finish).addCallback(sent)
+
+        def sent(_: Any) -> None:
+            if body_lines is None:
+                mbox.mark_retrieved(index)
+                self._stats["retr"] += 1
+                self._stats["retr_octets"] += mbox.size(message)
+            else:
+                self._stats["top"] += 1
+
+        def unreadable(failure: Failure) -> None:
+            failure.trap(OSError)
+            self.events.error("message {path} of user=<{user}> cannot be read: {why}",
+                              path=message.path, user=mbox.user, why=str(failure.value))
+            self._send(wire.err(f"message {number} is no longer available", "SYS/TEMP"))
+
+        return source.open().addCallbacks(opened, unreadable)
+
+    def do_DELE(self, number: int) -> None:
+        """Mark a message deleted; it is removed only at QUIT."""
+        assert self.mbox is not None
+        self.mbox.deleteMessage(number - 1)
+        self._send(wire.ok(f"message {number} deleted"))
+
+    def do_NOOP(self) -> None:
+        """Nothing, successfully."""
+        self._send(wire.ok())
+
+    def do_RSET(self) -> None:
+        """Undo every DELE of this session."""
+        assert self.mbox is not None
+        self.mbox.undeleteMessages()
+        count, octets = self.mbox.totals()
+        self._send(wire.ok(f"maildrop has {_maildrop(count, octets)}"))
+
+    def do_QUIT(self) -> defer.Deferred | None:
+        """End the session; in TRANSACTION, apply the update first and answer only after it."""
+        if self.mbox is None:
+            self._send(wire.ok("POP server signing off"))
+            self._why = "quit"
+            self._close()
+            return None
+        self.phase = state.UPDATE
+        self._pending.clear()
+        mbox = self.mbox
+        deleted_octets = sum(mbox.size(mbox.messages[i]) for i in mbox.deleted)
+        d = mbox.sync()
+
+        def updated(result: UpdateResult) -> None:
+            mbox.logout()
+            self.events.logout(user=mbox.user, rip=self.rip, session=self.session,
+                               retr=self._stats["retr"], retr_octets=self._stats["retr_octets"],
+                               top=self._stats["top"], deleted=result.deleted,
+                               deleted_octets=deleted_octets, moved=result.moved,
+                               missing=result.missing)
+            self._send(wire.ok(f"POP server signing off ({result.deleted} deleted, "
+                               f"{result.moved} moved to MAIL)"))
+            self._close()
+
+        def failed(failure: Failure) -> None:
+            mbox.logout()
+            self.events.failure("update of user=<{user}> failed", failure=failure, user=mbox.user)
+            self._send(wire.err("some deleted messages not removed", "SYS/TEMP"))
+            self._close()
+
+        return d.addCallbacks(updated, failed)
+
+
+def _maildrop(count: int, octets: int) -> str:
+    return f"{count} message{'' if count == 1 else 's'} ({octets} octets)"
+
+
+def _shown(name: bytes) -> str:
+    """A client-supplied user name as echoed in replies (printable ASCII only)."""
+    return name.decode("ascii", "replace").replace('"', "'")
+
+
+def _masked(line: bytes) -> bytes:
+    """A command line as it may appear in a trace: no passwords, digests or SASL data."""
+    verb = line.split(b" ", 1)[0].upper()
+    if verb == b"PASS":
+        return b"PASS ********"
+    if verb == b"APOP":
+        parts = line.split(b" ")
+        return b" ".join(parts[:2]) + b" ********" if len(parts) > 2 else line
+    if verb == b"AUTH" and line.count(b" ") > 1:
+        return b" ".join(line.split(b" ")[:2]) + b" ********"
+    return line

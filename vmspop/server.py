@@ -1,0 +1,136 @@
+"""Assembling a POP3 server: the factory, the portal, and the service for twistd or a host application.
+
+This is vmspop's embedding API (re-exported from :mod:`vmspop`)::
+
+    from vmspop import ServerConfig, make_service
+    make_service(ServerConfig(mail_root=..., passwd=...), reactor).setServiceParent(application)
+
+or, for one listener you manage yourself, :func:`make_pop3_factory`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import secrets
+import time
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import ServerFactory
+
+from vmspop._version import __version__
+from vmspop.auth import AccountChecker, MailRealm, SessionPortal
+from vmspop.config import ServerConfig
+from vmspop.events import EventLog
+from vmspop.passwd import PasswordFile
+from vmspop.protocol import VMSPOP3
+from vmspop.store import MailStore
+from vmspop.threads import ThreadRunner, thread_runner
+from vmspop.transfer import BLOCK_SIZE
+
+__all__ = ["POP3Factory", "make_pop3_factory", "make_service"]
+
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+
+class POP3Factory(ServerFactory):
+    """Builds :class:`~vmspop.protocol.VMSPOP3` connections and holds what they share.
+
+    Args:
+        config: the server settings.
+        portal: the :class:`~vmspop.auth.SessionPortal` every login goes through.
+        clock: timers (idle timeout); the reactor in production, a ``Clock`` in tests.
+        run_in_thread: runs blocking file work off the reactor thread.
+        events: the operator's log.
+    """
+
+    protocol = VMSPOP3  # type: ignore[assignment]
+
+    def __init__(self, config: ServerConfig, portal: SessionPortal, clock: IReactorTime,
+                 run_in_thread: ThreadRunner, events: EventLog) -> None:
+        self.config = config
+        self.portal = portal
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.events = events
+        self.implementation = f"vmspop-{__version__}"
+        self.started = time.time()
+        self.sessions: set[VMSPOP3] = set()
+        self.block_size = BLOCK_SIZE
+        self._challenges = itertools.count(1)
+
+    def buildProtocol(self, addr: IAddress) -> VMSPOP3:
+        """A new connection's protocol."""
+        return VMSPOP3(self)
+
+    def admit(self, session: VMSPOP3) -> bool:
+        """Count a new connection in; False when ``--max-sessions`` are already open."""
+        if len(self.sessions) >= self.config.max_sessions:
+            return False
+        self.sessions.add(session)
+        return True
+
+    def release(self, session: VMSPOP3) -> None:
+        """Count a closed connection out."""
+        self.sessions.discard(session)
+
+    def challenge(self) -> bytes:
+        """A fresh APOP timestamp, in the OpenVMS server's shape.
+
+        ``<random.N_26_NOV_2026_10_46_46_15@host>``: 64 random bits make it
+        unpredictable, the counter and the connection time make it unique.
+        """
+        now = self.clock.seconds()
+        t = time.gmtime(now)
+        stamp = (f"{t.tm_mday}_{_MONTHS[t.tm_mon - 1]}_{t.tm_year}_{t.tm_hour:02d}_"
+                 f"{t.tm_min:02d}_{t.tm_sec:02d}_{int((now % 1) * 100):02d}")
+        token = secrets.token_hex(8).upper()
+        return f"<{token}.{next(self._challenges)}_{stamp}@{self.config.hostname}>".encode("ascii")
+
+    def greeting(self, challenge: str) -> str:
+        """The greeting text, after the OpenVMS one, ending with the APOP challenge."""
+        up = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started))
+        return (f"POP server vmspop {__version__}, {platform.system()} at {self.config.hostname}, "
+                f"up since {up} {challenge}")
+
+
+def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
+                      run_in_thread: ThreadRunner | None = None) -> POP3Factory:
+    """Build a POP3 factory with its store, password file, checker, realm and portal.
+
+    Args:
+        config: the server settings.
+        reactor: provides time and the thread pool.
+        events: the operator's log (default: one built from ``config``).
+        run_in_thread: default: the reactor's thread pool.
+    """
+    events = events if events is not None else EventLog(config.log_level, config.trace)
+    run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
+    store = MailStore(config.mail_root, config.hostname)
+    checker = AccountChecker(PasswordFile(config.passwd), store, run, events)
+    realm = MailRealm(store, run, use_mail_folder=config.use_mail_folder,
+                      leave_in_newmail=config.leave_in_newmail,
+                      message_maximum=config.message_maximum,
+                      id_server=(f"{config.hostname} vmspop {__version__}"
+                                 if config.send_id_headers else None))
+    portal = SessionPortal(realm, [checker], clock=reactor, failure_delay=config.auth_failure_delay,
+                           events=events)
+    return POP3Factory(config, portal, reactor, run, events)
+
+
+def make_service(config: ServerConfig, reactor: Any) -> MultiService:
+    """A service listening on every ``--pop3`` endpoint; attach it to an application.
+
+    Raises:
+        ValueError: an endpoint description cannot be parsed.
+    """
+    top = MultiService()
+    factory = make_pop3_factory(config, reactor)
+    for description in config.pop3:
+        endpoint = endpoints.serverFromString(reactor, description)
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    return top

@@ -1,0 +1,528 @@
+"""The mail store on disk: per-user NEWMAIL and MAIL Maildirs, locks, delivery and the QUIT update.
+
+Layout (see docs/admin.md)::
+
+    MAILROOT/<user>/NEWMAIL/{cur,new,tmp}/   new mail is delivered into NEWMAIL/new/
+    MAILROOT/<user>/MAIL/{cur,new,tmp}/      retrieved-but-not-deleted mail goes to MAIL/cur/
+    MAILROOT/<user>/POP_SECRET.DAT           the APOP shared secret (vmspop.secretfile)
+    MAILROOT/<user>/.vmspop.lock             the session lock (flock; never removed)
+
+Message file names follow the Maildir convention with Dovecot's size fields:
+``<base>,S=<stored octets>,W=<wire octets>[:2,<flags>]``.  The base never changes
+once vmspop has seen the message, and every move keeps it, so the UIDL, which is
+derived from the base, survives sessions, restarts and the NEWMAIL-to-MAIL move.
+
+Everything here blocks on the file system; the server calls it from threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import hashlib
+import itertools
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from vmspop.wire import WireSize
+
+__all__ = [
+    "DeliveryError",
+    "MAIL",
+    "MailStore",
+    "MailboxLocked",
+    "NEWMAIL",
+    "NoSuchMailbox",
+    "SECRET_FILE",
+    "StoredMessage",
+    "UserLock",
+    "make_uid",
+]
+
+NEWMAIL = "NEWMAIL"
+MAIL = "MAIL"
+SECRET_FILE = "POP_SECRET.DAT"
+LOCK_FILE = ".vmspop.lock"
+MAILDIR_SUBDIRS = ("cur", "new", "tmp")
+
+#: Large enough that the per-block Python overhead is negligible, small enough to stay in cache.
+READ_BLOCK = 256 * 1024
+#: RFC 1939 section 7: a UIDL is 1-70 characters.
+MAX_UID_LENGTH = 70
+#: Maildir's rule: a file in tmp/ untouched for 36 hours is an abandoned delivery.
+STALE_TMP_SECONDS = 36 * 3600
+
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+# base, then Dovecot-style ",X=value" fields, then ":2,FLAGS".
+_NAME = re.compile(r"^(?P<base>[^:/]+?)(?P<fields>(?:,[A-Za-z]=[^,:/]*)*)(?::(?P<info>.*))?$")
+_ARRIVAL = re.compile(r"^(?P<sec>\d{1,12})\.(?:[^.]*?M(?P<usec>\d{1,6}))?")
+
+
+class MailboxLocked(Exception):
+    """Another session holds the user's mailbox (RFC 1939: the maildrop is locked)."""
+
+
+class NoSuchMailbox(Exception):
+    """The user has no mail directory."""
+
+
+class DeliveryError(Exception):
+    """A delivery could not be completed; nothing was delivered to anyone.
+
+    Attributes:
+        temporary: True when retrying later may succeed (disk full, I/O error).
+    """
+
+    def __init__(self, message: str, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message file as seen when a session's snapshot was taken.
+
+    Attributes:
+        path: the file's full path.
+        base: the unique part of the file name; stable for the message's life.
+        arrival: the arrival time, seconds since the epoch (UTC).
+        physical: octets stored on disk.
+        wire: octets as sent by RETR: CRLF line ends, before byte-stuffing.
+        uid: the UIDL, "user name + date of arrival" made unique.
+    """
+
+    path: str
+    base: str
+    arrival: float
+    physical: int
+    wire: int
+    uid: str
+
+
+def make_uid(user: str, arrival: float, base: str) -> str:
+    """The UIDL of a message: the VMS "user name + date of arrival", made unique.
+
+    The arrival time is written the way the VMS server wrote times in its APOP
+    challenge (``JONES_06_APR_1999_06_02_31_15``: UTC, hundredths of a second),
+    followed by eight characters derived from the file's unique base name, so
+    two messages that arrive in the same hundredth still differ and a UID is
+    never reused: a new message always has a new base.
+    """
+    t = time.gmtime(arrival)
+    hundredths = int(round((arrival - int(arrival)) * 100)) % 100
+    stamp = (f"{t.tm_mday:02d}_{_MONTHS[t.tm_mon - 1]}_{t.tm_year:04d}_"
+             f"{t.tm_hour:02d}_{t.tm_min:02d}_{t.tm_sec:02d}_{hundredths:02d}")
+    tag = base64.b32encode(hashlib.sha256(base.encode("utf-8", "surrogateescape")).digest()[:5]).decode()
+    uid = f"{user.upper()}_{stamp}_{tag}"
+    assert len(uid) <= MAX_UID_LENGTH, "user names are limited to 32 characters"
+    return uid
+
+
+def _fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class UserLock:
+    """An exclusive lock on one user's mailbox, held for a whole POP3 session.
+
+    It is an ``flock`` on ``.vmspop.lock`` in the user's directory, so the kernel
+    drops it when the process dies: there are no stale locks after a crash.
+    """
+
+    def __init__(self, store: MailStore, user: str, fd: int) -> None:
+        self._store = store
+        self.user = user
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        """True until :meth:`release` is called."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Give the lock up; calling it again does nothing."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.close(fd)  # closing the descriptor drops the flock
+        finally:
+            self._store._forget_lock(self.user)
+
+
+class MailStore:
+    """All users' mail under one mail root.
+
+    Args:
+        root: the mail root directory (``--mail-root``).
+        hostname: used in the names of delivered files, as Maildir asks.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], hostname: str | None = None) -> None:
+        self.root = Path(root)
+        host = hostname or socket.gethostname()
+        # Maildir: '/' and ':' cannot appear in the host part; Dovecot also escapes ','.
+        self._host = host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
+        self._counter = itertools.count(1)
+        self._locks_held: set[str] = set()
+        self._locks_guard = threading.Lock()
+
+    # -- paths --------------------------------------------------------------------------
+
+    def user_dir(self, user: str) -> Path:
+        """The mail directory of ``user`` (already a normalised, validated name)."""
+        if not user or "/" in user or user in (".", "..") or "\0" in user:
+            raise ValueError("invalid user name")
+        return self.root / user
+
+    def folder(self, user: str, folder: str) -> Path:
+        """The Maildir of one folder (NEWMAIL or MAIL) of ``user``."""
+        return self.user_dir(user) / folder
+
+    def secret_path(self, user: str) -> Path:
+        """Where ``user``'s APOP shared secret lives."""
+        return self.user_dir(user) / SECRET_FILE
+
+    def has_mailbox(self, user: str) -> bool:
+        """True when ``user`` has a mail directory (not following a symlink)."""
+        try:
+            return self.user_dir(user).lstat().st_mode & 0o170000 == 0o040000
+        except OSError:
+            return False
+
+    def create_mailbox(self, user: str) -> None:
+        """Create the user's directory with its NEWMAIL and MAIL Maildirs (idempotent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        top = self.user_dir(user)
+        top.mkdir(mode=0o700, exist_ok=True)
+        for folder in (NEWMAIL, MAIL):
+            for sub in MAILDIR_SUBDIRS:
+                (top / folder / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # -- locking ------------------------------------------------------------------------
+
+    def lock(self, user: str) -> UserLock:
+        """Take the session lock of ``user`` without waiting.
+
+        Raises:
+            MailboxLocked: another session (in this or another process) holds it.
+            NoSuchMailbox: the user has no mail directory.
+        """
+        if not self.has_mailbox(user):
+            raise NoSuchMailbox(user)
+        with self._locks_guard:
+            # flock is per open file, which already separates sessions in one process;
+            # the set also covers file systems where flock is per process (NFS).
+            if user in self._locks_held:
+                raise MailboxLocked(user)
+            self._locks_held.add(user)
+        try:
+            fd = os.open(self.user_dir(user) / LOCK_FILE,
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self._forget_lock(user)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            self._forget_lock(user)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise MailboxLocked(user) from None
+            raise
+        return UserLock(self, user, fd)
+
+    def _forget_lock(self, user: str) -> None:
+        with self._locks_guard:
+            self._locks_held.discard(user)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def scan(self, user: str, folder: str, limit: int = 0) -> list[StoredMessage]:
+        """The messages of one folder, oldest arrival first.
+
+        Files whose names carry no size fields (delivered by another agent) are
+        measured once and renamed to carry them, so later scans read no bodies.
+
+        Args:
+            user: the mailbox owner.
+            folder: NEWMAIL or MAIL.
+            limit: keep only the oldest ``limit`` messages; 0 keeps all.
+        """
+        maildir = self.folder(user, folder)
+        found = []
+        for sub in ("new", "cur"):
+            directory = maildir / sub
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                message = self._describe(user, directory, entry.name)
+                if message is not None:
+                    found.append(message)
+        found.sort(key=lambda m: (m.arrival, m.base))
+        return found[:limit] if limit else found
+
+    def _describe(self, user: str, directory: Path, name: str) -> StoredMessage | None:
+        match = _NAME.match(name)
+        if match is None:
+            return None
+        base, info = match["base"], match["info"]
+        fields = dict(f.split("=", 1) for f in match["fields"].split(",")[1:])
+        arrival = _arrival(base)
+        physical, wire = _int(fields.get("S")), _int(fields.get("W"))
+        if arrival is None or physical is None or wire is None:
+            # Measure once and cache the result in the name (and, for a name with no
+            # leading timestamp, the arrival time too), so the UIDL stays stable.
+            path = directory / name
+            try:
+                physical, wire = measure(path)
+                if arrival is None:
+                    mtime = path.stat().st_mtime
+                    base = f"{int(mtime)}.M{int((mtime % 1) * 1e6):06d}.{base}"
+                    arrival = _arrival(base)
+                    assert arrival is not None
+                new_name = f"{base},S={physical},W={wire}" + (f":{info}" if info is not None else "")
+                os.rename(path, directory / new_name)
+                name = new_name
+            except FileNotFoundError:
+                return None  # removed by another agent since the listing
+        return StoredMessage(str(directory / name), base, arrival, physical, wire,
+                             make_uid(user, arrival, base))
+
+    # -- the QUIT update ----------------------------------------------------------------
+
+    def remove(self, message: StoredMessage) -> bool:
+        """Delete a message; False if it was already gone."""
+        try:
+            os.unlink(message.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def move_to_mail(self, user: str, message: StoredMessage) -> bool:
+        """Move a retrieved message from NEWMAIL to MAIL/cur as seen, in one rename.
+
+        Returns False if the file had disappeared.  The base name is kept, so the
+        message keeps its UIDL.
+        """
+        source = Path(message.path)
+        info = _NAME.match(source.name)
+        flags = ""
+        if info is not None and info["info"] and info["info"].startswith("2,"):
+            flags = info["info"][2:]
+        if "S" not in flags:
+            flags = "".join(sorted(flags + "S"))
+        head = source.name.split(":", 1)[0]
+        target = self.folder(user, MAIL) / "cur" / f"{head}:2,{flags}"
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def move_new_to_mail(self, user: str) -> int:
+        """Move every NEWMAIL message into MAIL (``--use-mail-folder``), keeping names."""
+        moved = 0
+        for sub in ("new", "cur"):
+            source = self.folder(user, NEWMAIL) / sub
+            target = self.folder(user, MAIL) / sub
+            try:
+                names = [n for n in os.listdir(source) if not n.startswith(".")]
+            except FileNotFoundError:
+                continue
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name in names:
+                try:
+                    os.rename(source / name, target / name)
+                    moved += 1
+                except FileNotFoundError:
+                    pass
+        if moved:
+            self.sync_folders(user)
+        return moved
+
+    def sync_folders(self, user: str) -> None:
+        """Make renames and unlinks in both folders durable."""
+        for folder in (NEWMAIL, MAIL):
+            for sub in ("new", "cur"):
+                path = self.folder(user, folder) / sub
+                if path.is_dir():
+                    _fsync_dir(path)
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def deliver(self, users: Iterable[str], source: BinaryIO | Iterable[bytes]) -> list[Path]:
+        """Deliver one message into the NEWMAIL of every user, all or nothing.
+
+        The message is written (with LF line ends, the Unix Maildir convention) into
+        each ``NEWMAIL/tmp/``, fsync'ed, and only then renamed into ``NEWMAIL/new/``,
+        so a reader never sees a partial message.  If any write fails, every file
+        written so far is removed and nothing is delivered to anyone.
+
+        Args:
+            users: the recipients (normalised names with mail directories).
+            source: a binary file or an iterable of byte blocks.
+
+        Returns:
+            The delivered files, one per user.
+
+        Raises:
+            NoSuchMailbox: a recipient has no mail directory (checked before writing).
+            DeliveryError: the message could not be stored; nothing was delivered.
+        """
+        recipients = list(dict.fromkeys(users))
+        for user in recipients:
+            if not self.has_mailbox(user):
+                raise NoSuchMailbox(user)
+        blocks = _blocks(source)
+        now = time.time()
+        base = (f"{int(now)}.M{int((now % 1) * 1e6):06d}P{os.getpid()}"
+                f"Q{next(self._counter)}R{secrets.token_hex(4)}.{self._host}")
+        pending: list[tuple[Path, int]] = []
+        delivered: list[Path] = []
+        try:
+            for user in recipients:
+                tmp_dir = self.folder(user, NEWMAIL) / "tmp"
+                tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                (self.folder(user, NEWMAIL) / "new").mkdir(mode=0o700, exist_ok=True)
+                path = tmp_dir / base
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                pending.append((path, fd))
+            counter = WireSize()
+            lf = _LineFeeds()
+            for block in itertools.chain(blocks, [None]):
+                data = lf.feed(block) if block is not None else lf.finish()
+                if not data:
+                    continue
+                counter.feed(data)
+                for _, fd in pending:
+                    _write_all(fd, data)
+            for _, fd in pending:
+                os.fsync(fd)
+            name = f"{base},S={counter.physical},W={counter.size}"
+            for (path, _), user in zip(pending, recipients):
+                target = self.folder(user, NEWMAIL) / "new" / name
+                os.rename(path, target)
+                delivered.append(target)
+            for user in recipients:
+                _fsync_dir(self.folder(user, NEWMAIL) / "new")
+        except OSError as e:
+            for path, _ in pending:
+                _unlink_quietly(path)
+            for path in delivered:
+                _unlink_quietly(path)
+            temporary = e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS)
+            raise DeliveryError(f"cannot store the message: {e.strerror or e}", temporary) from e
+        finally:
+            for _, fd in pending:
+                os.close(fd)
+        return delivered
+
+    def stale_tmp_files(self, user: str, now: float | None = None) -> Iterator[Path]:
+        """Abandoned deliveries: files in a ``tmp/`` older than Maildir's 36 hours."""
+        now = time.time() if now is None else now
+        for folder in (NEWMAIL, MAIL):
+            tmp = self.folder(user, folder) / "tmp"
+            try:
+                entries = list(os.scandir(tmp))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS:
+                        yield Path(entry.path)
+                except FileNotFoundError:
+                    continue
+
+
+def measure(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """The stored and wire octet counts of a message file, read once."""
+    counter = WireSize()
+    with open(path, "rb") as f:
+        while block := f.read(READ_BLOCK):
+            counter.feed(block)
+    return counter.physical, counter.size
+
+
+def parse_name(name: str) -> tuple[str, dict[str, str], str | None] | None:
+    """Split a Maildir file name into its base, ``,X=`` fields and ``:info``; None if foreign."""
+    match = _NAME.match(name)
+    if match is None:
+        return None
+    fields = dict(f.split("=", 1) for f in match["fields"].split(",")[1:])
+    return match["base"], fields, match["info"]
+
+
+def _arrival(base: str) -> float | None:
+    match = _ARRIVAL.match(base)
+    if match is None:
+        return None
+    usec = match["usec"]
+    return int(match["sec"]) + (int(usec.ljust(6, "0")) / 1e6 if usec else 0.0)
+
+
+def _int(text: str | None) -> int | None:
+    if text is None or not text.isdigit():
+        return None
+    return int(text)
+
+
+def _blocks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    read = getattr(source, "read", None)
+    if read is None:
+        yield from source  # type: ignore[misc]
+        return
+    while block := read(READ_BLOCK):
+        yield block
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _LineFeeds:
+    """Stateful CRLF-to-LF conversion for delivery, exact across block boundaries."""
+
+    def __init__(self) -> None:
+        self._cr = False
+
+    def feed(self, block: bytes) -> bytes:
+        if self._cr:
+            block = b"\r" + block
+            self._cr = False
+        if block.endswith(b"\r"):
+            block = block[:-1]
+            self._cr = True
+        return block.replace(b"\r\n", b"\n")
+
+    def finish(self) -> bytes:
+        cr, self._cr = self._cr, False
+        return b"\r" if cr else b""

@@ -1,0 +1,111 @@
+"""``twistd vmspop``: command-line options and the service they build.
+
+The options are generated from :data:`vmspop.config.SETTINGS`, so ``--help``,
+``--config`` keys and the documentation cannot drift apart.  A ``--config`` TOML
+file is read first; options given on the command line override it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from vmspop.config import SETTINGS, ConfigError, ServerConfig, Setting, load_toml
+from vmspop.server import make_service
+
+__all__ = ["Options", "makeService"]
+
+
+def _describe(setting: Setting) -> str:
+    text = setting.help
+    if setting.kind != "flag" and setting.default not in (None, ()):
+        default = setting.default
+        if isinstance(default, tuple):
+            default = ", ".join(default)
+        text += f" [default: {default}]"
+    if setting.vms:
+        text += f" (OpenVMS: {setting.vms})"
+    return text
+
+
+class Options(usage.Options):
+    """Options of ``twistd vmspop``."""
+
+    synopsis = "[--config FILE] [--mail-root DIR] [--passwd FILE] [--pop3 ENDPOINT]... [options]"
+    longdesc = (
+        "vmspop serves each user's NEWMAIL folder over POP3 with the OpenVMS TCP/IP Services "
+        "semantics: at QUIT deleted mail is removed and mail retrieved but not deleted moves "
+        "to MAIL.  Users log in with USER/PASS (password file) or APOP (POP_SECRET.DAT).  "
+        "Endpoints are Twisted endpoint strings such as tcp:110 or unix:/run/vmspop.sock."
+    )
+    optFlags = [[s.name, None, _describe(s)] for s in SETTINGS if s.kind == "flag"]
+    optParameters = [[s.name, None, None, _describe(s)] for s in SETTINGS
+                     if s.kind not in ("flag", "list")]
+    optParameters.append(["config", None, None, "TOML file of settings, keyed by long option name"])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["pop3"] = []
+        self._from_file: dict[str, Any] = {}
+
+    def opt_pop3(self, description: str) -> None:
+        """POP3 listening endpoint, a Twisted endpoint string (repeatable)
+        [default: tcp:1110:interface=127.0.0.1]"""
+        self["pop3"].append(description)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse the command line; ``--config`` is read first so the command line wins."""
+        argv = list(options) if options is not None else None
+        path = _config_path(argv)
+        if path is not None:
+            try:
+                self._from_file = load_toml(path)
+            except ConfigError as e:
+                raise usage.UsageError(str(e)) from None
+        super().parseOptions(argv)
+
+    def postOptions(self) -> None:
+        """Merge the file, the command line and the defaults into a :class:`ServerConfig`."""
+        values = dict(self._from_file)
+        for setting in SETTINGS:
+            given = self.get(setting.name)
+            if setting.kind == "flag":
+                if given:
+                    values[setting.name] = True
+            elif setting.kind == "list":
+                if given:
+                    values[setting.name] = list(given)
+            elif given is not None:
+                values[setting.name] = given
+        try:
+            self.config = ServerConfig.from_settings(values)
+        except (ConfigError, TypeError) as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _config_path(argv: list[str] | None) -> str | None:
+    if argv is None:
+        import sys
+        argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """Build the vmspop service from parsed options.
+
+    Args:
+        options: parsed :class:`Options`.
+        reactor: for tests; the global reactor when None (only twistd calls it so).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+        reactor = global_reactor
+    return make_service(options.config, reactor)
