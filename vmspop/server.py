@@ -49,6 +49,7 @@ class POP3Factory(ServerFactory):
     """
 
     protocol = VMSPOP3  # type: ignore[assignment]
+    noisy = False  # vmspop logs its own events; "Starting factory" lines are noise
 
     def __init__(self, config: ServerConfig, portal: SessionPortal, clock: IReactorTime,
                  run_in_thread: ThreadRunner, events: EventLog) -> None:
