@@ -1,7 +1,6 @@
 """Real sockets, real clients: Python's poplib, curl, and Twisted's own POP3 client.
 
-The server runs on Twisted's reactor in a background thread for the whole test
-session; each test gets its own store, password file and listening port.
+The server runs on Twisted's reactor in a background thread (tests/live.py).
 """
 
 from __future__ import annotations
@@ -11,10 +10,7 @@ import poplib
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,75 +19,11 @@ from twisted.internet import defer, protocol
 from twisted.internet.threads import blockingCallFromThread
 from twisted.mail.pop3 import AdvancedPOP3Client
 
-from vmspop.config import ServerConfig
-from vmspop.passwd import Account, PasswordFile
-from vmspop.secretfile import write_secret
-from vmspop.server import POP3Factory, make_pop3_factory
+from live import Live, folder_names, start
 from vmspop.store import MailStore
 
 MESSAGE = (b"From: alice@example.org\nTo: jones@example.com\nSubject: greetings\n\n"
            b"Hello Jones,\n.a line starting with a dot\n.\nend\n")
-
-
-@pytest.fixture(scope="session")
-def reactor() -> Iterator[Any]:
-    """Twisted's reactor, running in a daemon thread for the session."""
-    from twisted.internet import reactor as global_reactor
-    thread = threading.Thread(target=global_reactor.run, kwargs={"installSignalHandlers": False},
-                              daemon=True)
-    thread.start()
-    yield global_reactor
-    global_reactor.callFromThread(global_reactor.stop)
-    thread.join(10)
-
-
-@dataclass
-class Live:
-    """A vmspop listening on 127.0.0.1."""
-
-    port: int
-    store: MailStore
-    factory: POP3Factory
-    reactor: Any
-    clients: list[poplib.POP3]
-
-    def pop(self) -> poplib.POP3:
-        """A connected poplib client, closed when the test ends."""
-        client = poplib.POP3("127.0.0.1", self.port, timeout=10)
-        self.clients.append(client)
-        return client
-
-    def stop(self) -> None:
-        """Close the clients and the listening port."""
-        for client in self.clients:
-            client.close()
-        blockingCallFromThread(self.reactor, self._port.stopListening)  # type: ignore[attr-defined]
-
-
-def start(reactor: Any, tmp_path: Path, **settings: Any) -> Live:
-    """Create user jones (password wonderland, APOP secret tanstaafl) and listen."""
-    config = ServerConfig(mail_root=tmp_path / "mail", passwd=tmp_path / "passwd", hostname="localhost",
-                          auth_failure_delay=0.0, **settings)
-    store = MailStore(config.mail_root)
-    PasswordFile(config.passwd).update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
-    store.create_mailbox("jones")
-    write_secret(store.secret_path("jones"), b"tanstaafl")
-    factory = blockingCallFromThread(reactor, make_pop3_factory, config, reactor)
-    port = blockingCallFromThread(reactor, reactor.listenTCP, 0, factory, interface="127.0.0.1")
-    live = Live(port.getHost().port, store, factory, reactor, [])
-    live._port = port  # type: ignore[attr-defined]
-    return live
-
-
-@pytest.fixture
-def live(reactor: Any, tmp_path: Path) -> Iterator[Live]:
-    server = start(reactor, tmp_path)
-    yield server
-    server.stop()
-
-
-def folder_names(store: MailStore, folder: str) -> list[str]:
-    return sorted(p.name for sub in ("new", "cur") for p in (store.folder("jones", folder) / sub).iterdir())
 
 
 def test_poplib_user_pass_session(live: Live) -> None:
