@@ -524,3 +524,37 @@ def test_trace_never_shows_password(tmp_path: Path) -> None:
     text = "\n".join(s.log.lines())
     assert "C: PASS ********" in text and "C: USER jones" in text
     assert "wonderland" not in text and "a" * 32 not in text
+
+
+def test_unservable_files_are_skipped_and_logged(server: Server) -> None:
+    """A directory or a duplicate in the Maildir is skipped and logged; the rest is served."""
+    server.deliver("jones", HELLO)
+    new = server.store.folder("jones", "NEWMAIL") / "new"
+    (new / "1700000000.M1P1.stray").mkdir()
+    client = server.connect()
+    assert client.login().endswith(b"1 message (%d octets)\r\n" % len(HELLO.replace(b"\n", b"\r\n")))
+    [warning] = server.log.matching("mailbox of user=<jones>: skipped")
+    assert "not a regular file" in warning
+
+
+def test_debug_level_logs_the_snapshot(tmp_path: Path) -> None:
+    """--log-level debug adds the login snapshot; session adds each command; info neither."""
+    for level, expected in (("info", 0), ("session", 0), ("debug", 1)):
+        s = Server(tmp_path / level, log_level=level)
+        s.add_user("jones")
+        client = s.connect()
+        client.login()
+        client.command("STAT")
+        assert len(s.log.matching("snapshot: user=<jones>")) == expected
+        assert bool(s.log.matching("command: ")) == (level != "info")
+
+
+def test_factory_builds_its_protocol_class(server: Server) -> None:
+    """Subclassing VMSPOP3 works by setting the factory's protocol attribute."""
+    from vmspop.protocol import VMSPOP3
+
+    class Custom(VMSPOP3):
+        pass
+
+    server.factory.protocol = Custom
+    assert isinstance(server.connect().protocol, Custom)

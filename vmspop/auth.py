@@ -163,6 +163,8 @@ class AccountChecker:
         account = self.passwords.lookup(name) if name is not None else None
         if apop:
             if account is None:
+                # Do the digest work a known user costs, so timing tells nothing.
+                credentials.checkPassword(b"")
                 raise LoginRefused("unknown-user")
             secret = self._secret(account)
             if not credentials.checkPassword(secret):
@@ -296,8 +298,7 @@ class SessionPortal(Portal):
         d = super().login(credentials, mind, *interfaces)
 
         def succeeded(result: Any) -> Any:
-            self.events.login(user=user.decode("ascii", "replace") if user else "-", method=method,
-                              rip=mind.rip, session=mind.session)
+            self.events.login(user=result[1].user, method=method, rip=mind.rip, session=mind.session)
             return result
 
         def failed(failure: Failure) -> Any:

@@ -99,7 +99,19 @@ class EventLog:
         if self._on("error"):
             self.log.warn("APOP secret file of user=<{user}> ignored: {why}", user=safe(user), why=why)
 
+    def skipped(self, *, user: str, problem: str) -> None:
+        """A file in a mailbox that could not be served (it stays on disk untouched)."""
+        if self._on("error"):
+            self.log.warn("mailbox of user=<{user}>: skipped {problem}", user=safe(user), problem=problem)
+
     # -- session and debug --------------------------------------------------------------
+
+    def snapshot(self, *, user: str, session: str, folder: str, messages: int, octets: int) -> None:
+        """The session's view of the mailbox at login (debug level)."""
+        if self._on("debug"):
+            self.log.info("snapshot: user=<{user}> session=<{session}> folder={folder} "
+                           "messages={messages} octets={octets}", user=safe(user), session=session,
+                           folder=folder, messages=messages, octets=octets)
 
     def connected(self, *, rip: str, session: str) -> None:
         """A new connection (session level)."""

@@ -2,8 +2,9 @@
 
 New hashes are always Argon2id.  Verification also understands the schemes an
 existing Dovecot passwd-file is likely to contain, so that accounts can be
-migrated as they are and rehashed on their next successful login (see
-:func:`needs_rehash`).
+migrated as they are.  The server never rewrites the password file; ``vmspop
+check`` lists the hashes :func:`needs_rehash` flags, and ``vmspop passwd``
+replaces one with Argon2id.
 
 Everything here is pure and blocking, and Argon2 is deliberately slow: callers
 run these functions in a thread, never on the reactor.
@@ -153,7 +154,7 @@ def verify_password(stored: str, password: str) -> bool:
 
 
 def needs_rehash(stored: str) -> bool:
-    """Tells whether a hash should be replaced after a successful login.
+    """Tells whether a hash is older or weaker than what :func:`hash_password` makes now.
 
     Args:
         stored: ``{SCHEME}hash`` as found in the password file.

@@ -73,6 +73,8 @@ class VMSMailbox:
         self.id_server = id_server
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
+        #: Entries of the folder that could not be served, for the operator's log.
+        self.problems: list[str] = []
 
     # -- the session's questions ----------------------------------------------------------
 
@@ -178,13 +180,16 @@ def open_mailbox(store: MailStore, user: str, *, use_mail_folder: bool, leave_in
         NoSuchMailbox: the user has no mail directory.
     """
     lock = store.lock(user)
+    problems: list[str] = []
     try:
         if use_mail_folder:
             store.move_new_to_mail(user)
         folder = MAIL if use_mail_folder else NEWMAIL
-        messages = store.scan(user, folder, limit)
+        messages = store.scan(user, folder, limit, problems)
     except BaseException:
         lock.release()
         raise
-    return VMSMailbox(store, user, folder, messages, lock, run_in_thread,
-                      move_retrieved=not leave_in_newmail, id_server=id_server)
+    mailbox = VMSMailbox(store, user, folder, messages, lock, run_in_thread,
+                         move_retrieved=not leave_in_newmail, id_server=id_server)
+    mailbox.problems = problems
+    return mailbox

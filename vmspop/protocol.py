@@ -303,6 +303,10 @@ class VMSPOP3(pop3.POP3):
         self.mbox = mailbox
         self.phase = state.TRANSACTION
         count, octets = mailbox.totals()
+        for problem in mailbox.problems:
+            self.events.skipped(user=mailbox.user, problem=problem)
+        self.events.snapshot(user=mailbox.user, session=self.session, folder=mailbox.folder,
+                             messages=count, octets=octets)
         self._send(wire.ok(f"{success}; {_maildrop(count, octets)}"))
 
     def _login_failed(self, failure: Failure, user: bytes) -> None:

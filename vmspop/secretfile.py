@@ -112,10 +112,11 @@ def write_secret(path: str | os.PathLike[str], secret: bytes, uid: int | None = 
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".POP_SECRET.", dir=target.parent)
     try:
-        os.fchmod(fd, 0o600)
-        if uid is not None and uid != os.geteuid():
-            os.fchown(fd, uid, -1)
+        # fdopen first, so the descriptor is closed even if fchmod or fchown fails.
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o600)
+            if uid is not None and uid != os.geteuid():
+                os.fchown(fd, uid, -1)
             f.write(value + b"\n")
             f.flush()
             os.fsync(f.fileno())

@@ -65,8 +65,8 @@ class POP3Factory(ServerFactory):
         self._challenges = itertools.count(1)
 
     def buildProtocol(self, addr: IAddress) -> VMSPOP3:
-        """A new connection's protocol."""
-        return VMSPOP3(self)
+        """A new connection's protocol (an instance of :attr:`protocol`, which subclasses may set)."""
+        return self.protocol(self)
 
     def admit(self, session: VMSPOP3) -> bool:
         """Count a new connection in; False when ``--max-sessions`` are already open."""

@@ -117,13 +117,19 @@ def make_uid(user: str, arrival: float, base: str) -> str:
     two messages that arrive in the same hundredth still differ and a UID is
     never reused: a new message always has a new base.
     """
-    t = time.gmtime(arrival)
-    hundredths = int(round((arrival - int(arrival)) * 100)) % 100
+    seconds = int(arrival)
+    hundredths = int(round((arrival - seconds) * 100))
+    if hundredths == 100:
+        # .995 and up round into the next second; without the carry the date would
+        # read _00 of the same second, almost a second early.
+        seconds, hundredths = seconds + 1, 0
+    t = time.gmtime(seconds)
     stamp = (f"{t.tm_mday:02d}_{_MONTHS[t.tm_mon - 1]}_{t.tm_year:04d}_"
              f"{t.tm_hour:02d}_{t.tm_min:02d}_{t.tm_sec:02d}_{hundredths:02d}")
     tag = base64.b32encode(hashlib.sha256(base.encode("utf-8", "surrogateescape")).digest()[:5]).decode()
     uid = f"{user.upper()}_{stamp}_{tag}"
-    assert len(uid) <= MAX_UID_LENGTH, "user names are limited to 32 characters"
+    if len(uid) > MAX_UID_LENGTH:
+        raise ValueError(f"user name {user!r} too long for a {MAX_UID_LENGTH}-character UIDL")
     return uid
 
 
@@ -209,8 +215,9 @@ class MailStore:
         top = self.user_dir(user)
         top.mkdir(mode=0o700, exist_ok=True)
         for folder in (NEWMAIL, MAIL):
+            (top / folder).mkdir(mode=0o700, exist_ok=True)
             for sub in MAILDIR_SUBDIRS:
-                (top / folder / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+                (top / folder / sub).mkdir(mode=0o700, exist_ok=True)
 
     # -- locking ------------------------------------------------------------------------
 
@@ -251,19 +258,25 @@ class MailStore:
 
     # -- reading ------------------------------------------------------------------------
 
-    def scan(self, user: str, folder: str, limit: int = 0) -> list[StoredMessage]:
+    def scan(self, user: str, folder: str, limit: int = 0,
+             problems: list[str] | None = None) -> list[StoredMessage]:
         """The messages of one folder, oldest arrival first.
 
         Files whose names carry no size fields (delivered by another agent) are
         measured once and renamed to carry them, so later scans read no bodies.
+        Entries that cannot be served (not a regular file, unreadable, a second
+        file with the same base name) are left alone and described in ``problems``,
+        so one bad file never hides the rest of the mailbox.
 
         Args:
             user: the mailbox owner.
             folder: NEWMAIL or MAIL.
             limit: keep only the oldest ``limit`` messages; 0 keeps all.
+            problems: if given, receives one line per entry that was skipped.
         """
         maildir = self.folder(user, folder)
-        found = []
+        found: dict[str, StoredMessage] = {}
+        skipped = problems if problems is not None else []
         for sub in ("new", "cur"):
             directory = maildir / sub
             try:
@@ -273,36 +286,49 @@ class MailStore:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                message = self._describe(user, directory, entry.name)
-                if message is not None:
-                    found.append(message)
-        found.sort(key=lambda m: (m.arrival, m.base))
-        return found[:limit] if limit else found
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        skipped.append(f"{entry.path}: not a regular file")
+                        continue
+                    message = self._describe(user, directory, entry.name)
+                except FileNotFoundError:
+                    continue  # removed by another agent since the listing
+                except OSError as e:
+                    skipped.append(f"{entry.path}: {e.strerror or e}")
+                    continue
+                if message is None:
+                    skipped.append(f"{entry.path}: not a Maildir message name")
+                elif message.base in found:
+                    # One message, two files: serving both would repeat a UIDL.
+                    skipped.append(f"{entry.path}: duplicate of {found[message.base].path}")
+                else:
+                    found[message.base] = message
+        ordered = sorted(found.values(), key=lambda m: (m.arrival, m.base))
+        return ordered[:limit] if limit else ordered
 
     def _describe(self, user: str, directory: Path, name: str) -> StoredMessage | None:
-        match = _NAME.match(name)
-        if match is None:
+        parts = parse_name(name)
+        if parts is None:
             return None
-        base, info = match["base"], match["info"]
-        fields = dict(f.split("=", 1) for f in match["fields"].split(",")[1:])
+        base, fields, info = parts
         arrival = _arrival(base)
         physical, wire = _int(fields.get("S")), _int(fields.get("W"))
         if arrival is None or physical is None or wire is None:
             # Measure once and cache the result in the name (and, for a name with no
             # leading timestamp, the arrival time too), so the UIDL stays stable.
             path = directory / name
-            try:
-                physical, wire = measure(path)
-                if arrival is None:
-                    mtime = path.stat().st_mtime
-                    base = f"{int(mtime)}.M{int((mtime % 1) * 1e6):06d}.{base}"
-                    arrival = _arrival(base)
-                    assert arrival is not None
-                new_name = f"{base},S={physical},W={wire}" + (f":{info}" if info is not None else "")
-                os.rename(path, directory / new_name)
-                name = new_name
-            except FileNotFoundError:
-                return None  # removed by another agent since the listing
+            physical, wire = measure(path)
+            if arrival is None:
+                mtime = path.stat().st_mtime
+                base = f"{int(mtime)}.M{int((mtime % 1) * 1e6):06d}.{base}"
+                arrival = _arrival(base)
+                assert arrival is not None
+            # Keep any other ",X=" fields the delivering agent wrote.
+            others = "".join(f",{k}={v}" for k, v in fields.items() if k not in ("S", "W"))
+            new_name = (f"{base}{others},S={physical},W={wire}"
+                        + (f":{info}" if info is not None else ""))
+            _rename_new(path, directory / new_name)
+            name = new_name
         return StoredMessage(str(directory / name), base, arrival, physical, wire,
                              make_uid(user, arrival, base))
 
@@ -331,9 +357,9 @@ class MailStore:
             flags = "".join(sorted(flags + "S"))
         head = source.name.split(":", 1)[0]
         target = self.folder(user, MAIL) / "cur" / f"{head}:2,{flags}"
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_dirs(target.parent)
         try:
-            os.rename(source, target)
+            _rename_new(source, target)
         except FileNotFoundError:
             return False
         return True
@@ -348,13 +374,13 @@ class MailStore:
                 names = [n for n in os.listdir(source) if not n.startswith(".")]
             except FileNotFoundError:
                 continue
-            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_dirs(target)
             for name in names:
                 try:
-                    os.rename(source / name, target / name)
+                    _rename_new(source / name, target / name)
                     moved += 1
-                except FileNotFoundError:
-                    pass
+                except (FileNotFoundError, FileExistsError):
+                    pass  # gone meanwhile, or a same-named file in MAIL: leave it in NEWMAIL
         if moved:
             self.sync_folders(user)
         return moved
@@ -401,8 +427,8 @@ class MailStore:
         try:
             for user in recipients:
                 tmp_dir = self.folder(user, NEWMAIL) / "tmp"
-                tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                (self.folder(user, NEWMAIL) / "new").mkdir(mode=0o700, exist_ok=True)
+                _make_dirs(tmp_dir)
+                _make_dirs(self.folder(user, NEWMAIL) / "new")
                 path = tmp_dir / base
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 pending.append((path, fd))
@@ -424,11 +450,14 @@ class MailStore:
                 delivered.append(target)
             for user in recipients:
                 _fsync_dir(self.folder(user, NEWMAIL) / "new")
-        except OSError as e:
+        except BaseException as e:
+            # Whatever went wrong (also a source that raises), leave nothing behind.
             for path, _ in pending:
                 _unlink_quietly(path)
             for path in delivered:
                 _unlink_quietly(path)
+            if not isinstance(e, OSError):
+                raise
             temporary = e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS)
             raise DeliveryError(f"cannot store the message: {e.strerror or e}", temporary) from e
         finally:
@@ -476,13 +505,35 @@ def _arrival(base: str) -> float | None:
     if match is None:
         return None
     usec = match["usec"]
-    return int(match["sec"]) + (int(usec.ljust(6, "0")) / 1e6 if usec else 0.0)
+    # Maildir's M<n> is the microsecond counter in plain decimal (Dovecot and Postfix
+    # do not zero-pad it): M5 is 5 microseconds, not half a second.
+    return int(match["sec"]) + (int(usec) / 1e6 if usec else 0.0)
 
 
 def _int(text: str | None) -> int | None:
     if text is None or not text.isdigit():
         return None
     return int(text)
+
+
+def _rename_new(source: Path, target: Path) -> None:
+    """Rename without ever replacing an existing file (a replaced file is a lost message).
+
+    Raises:
+        FileExistsError: ``target`` exists; ``source`` is left where it was.
+    """
+    # The check and the rename are not atomic, but every writer of these names holds
+    # the user's session lock, and deliveries only ever create new, unique names.
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "target exists", str(target))
+    os.rename(source, target)
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents with mode 0700 (mkdir's parents ignore mode)."""
+    if not path.is_dir():
+        _make_dirs(path.parent)
+        path.mkdir(mode=0o700, exist_ok=True)
 
 
 def _blocks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:

@@ -52,9 +52,9 @@ class Options(usage.Options):
         self._from_file: dict[str, Any] = {}
 
     def opt_pop3(self, description: str) -> None:
-        """POP3 listening endpoint, a Twisted endpoint string (repeatable)
-        [default: tcp:1110:interface=127.0.0.1]"""
         self["pop3"].append(description)
+
+    opt_pop3.__doc__ = _describe(next(s for s in SETTINGS if s.name == "pop3"))
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse the command line; ``--config`` is read first so the command line wins."""
