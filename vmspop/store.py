@@ -210,10 +210,17 @@ class MailStore:
             return False
 
     def create_mailbox(self, user: str) -> None:
-        """Create the user's directory with its NEWMAIL and MAIL Maildirs (idempotent)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the user's directory with its NEWMAIL and MAIL Maildirs (idempotent).
+
+        Raises:
+            FileExistsError: the user's path exists but is not a real directory
+                (a file, or a symbolic link that could lead out of the mail root).
+        """
+        _make_dirs(self.root)
         top = self.user_dir(user)
         top.mkdir(mode=0o700, exist_ok=True)
+        if not self.has_mailbox(user):
+            raise FileExistsError(errno.EEXIST, "not a directory (or a symbolic link)", str(top))
         for folder in (NEWMAIL, MAIL):
             (top / folder).mkdir(mode=0o700, exist_ok=True)
             for sub in MAILDIR_SUBDIRS:
@@ -281,7 +288,7 @@ class MailStore:
             directory = maildir / sub
             try:
                 entries = list(os.scandir(directory))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
                 if entry.name.startswith("."):
@@ -472,7 +479,7 @@ class MailStore:
             tmp = self.folder(user, folder) / "tmp"
             try:
                 entries = list(os.scandir(tmp))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
                 try:
