@@ -1002,6 +1002,24 @@ def test_check_secret_wrong_owner(env: Env) -> None:
     assert env.run("check") == 0, env.out
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_check_folder_owned_by_someone_else(env: Env) -> None:
+    """A mail folder owned by a stranger (who could plant messages) is reported."""
+    populated(env)
+    folder = env.mail_root / "jones" / "NEWMAIL" / "new"
+    os.chown(folder, 4242, -1)
+    assert env.run("check") == 1
+    assert f"vmspop check: {folder}: owned by uid 4242" in env.out
+
+
+def test_check_group_writable_mail_directory(env: Env) -> None:
+    """A user directory others can write into is reported with its mode."""
+    populated(env)
+    (env.mail_root / "jones").chmod(0o770)
+    assert env.run("check") == 1
+    assert "mode 0770 lets group or others create files here" in env.out
+
+
 def test_check_accepts_fresh_leftovers(env: Env) -> None:
     """A delivery or secret write in progress (fresh tmp files) is not a problem."""
     populated(env)

@@ -338,14 +338,11 @@ def read_secret_input(user: str) -> bytes:
 
 def _check_secret(user: str, raw: bytes) -> None:
     """Refuse (status 2) a secret that is empty, multi-line or too long."""
-    if len(raw) > secretfile.MAX_SECRET_OCTETS:
-        reason = f"it is longer than {secretfile.MAX_SECRET_CHARS} characters"
-    else:
-        try:
-            secretfile.check_secret_text(raw)
-            return
-        except secretfile.SecretRejected as e:
-            reason = str(e)
+    try:
+        secretfile.check_secret_text(raw)  # input longer than any valid secret fails as too long
+        return
+    except secretfile.SecretRejected as e:
+        reason = str(e)
     raise CommandError(EX_USAGE, f"secret for {user} refused: {reason}; nothing written "
                                  f"(one line of at most {secretfile.MAX_SECRET_CHARS} characters)")
 
@@ -753,6 +750,7 @@ class Audit:
         if not self.real_dir(path):
             return
         self.users += 1
+        self.ownership(path, owners)
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as e:
@@ -785,9 +783,11 @@ class Audit:
             maildir = path / folder
             if not self.real_dir(maildir):
                 continue
+            self.ownership(maildir, owners)
             for sub in MAILDIR_SUBDIRS:
                 if not self.real_dir(maildir / sub):
                     continue
+                self.ownership(maildir / sub, owners)
                 if sub == "tmp":
                     tmp_dirs.add(maildir / sub)
                 else:
@@ -805,6 +805,17 @@ class Audit:
             if leftover.parent in tmp_dirs:  # not through a symlinked tmp/ (reported above)
                 self.report(leftover, "leftover of an interrupted delivery, older than 36 hours "
                                       "(safe to delete)")
+
+    def ownership(self, path: Path, owners: set[int] | None) -> None:
+        """Report a directory someone other than the user or the store owner could fill."""
+        st = _lstat(path)
+        if st is None:
+            return
+        if owners is not None and st.st_uid not in owners:
+            self.report(path, f"owned by uid {st.st_uid}, neither the user's uid nor the store owner")
+        if st.st_mode & 0o022:
+            self.report(path, f"mode {stat.S_IMODE(st.st_mode):04o} lets group or others create "
+                              "files here (use 0700)")
 
     def messages_in(self, directory: Path) -> None:
         """Audit the message files of one ``new/`` or ``cur/``, by stat only."""
@@ -860,14 +871,11 @@ class Audit:
             raw = os.read(fd, secretfile.MAX_SECRET_OCTETS + 1)
         finally:
             os.close(fd)
-        if len(raw) > secretfile.MAX_SECRET_OCTETS:
-            reason = f"it is longer than {secretfile.MAX_SECRET_CHARS} characters"
-        else:
-            try:
-                secretfile.check_secret_text(raw)
-                return
-            except secretfile.SecretRejected as e:
-                reason = str(e)  # says what is wrong, never the secret
+        try:
+            secretfile.check_secret_text(raw)
+            return
+        except secretfile.SecretRejected as e:
+            reason = str(e)  # says what is wrong, never the secret
         self.report(path, f"invalid secret: {reason}; the server ignores it")
 
 

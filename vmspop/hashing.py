@@ -2,9 +2,8 @@
 
 New hashes are always Argon2id.  Verification also understands the schemes an
 existing Dovecot passwd-file is likely to contain, so that accounts can be
-migrated as they are.  The server never rewrites the password file; ``vmspop
-check`` lists the hashes :func:`needs_rehash` flags, and ``vmspop passwd``
-replaces one with Argon2id.
+migrated as they are.  The server never rewrites the password file;
+``vmspop passwd`` replaces a hash with Argon2id.
 
 Everything here is pure and blocking, and Argon2 is deliberately slow: callers
 run these functions in a thread, never on the reactor.
