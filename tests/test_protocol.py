@@ -558,3 +558,31 @@ def test_factory_builds_its_protocol_class(server: Server) -> None:
 
     server.factory.protocol = Custom
     assert isinstance(server.connect().protocol, Custom)
+
+
+def test_read_error_mid_message_cuts_the_connection(server: Server) -> None:
+    """An I/O error after part of a message is sent aborts the connection: no -ERR inside a body."""
+    import errno
+    server.factory.block_size = 8
+    client = logged_in(server, HELLO)
+    aborted: list[bool] = []
+    client.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    reads = 0
+    original = server.run_in_thread
+
+    def failing(f, *a, **kw):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        if getattr(f, "__name__", "") == "read":
+            reads += 1
+            if reads == 2:
+                return defer.fail(OSError(errno.EIO, "Input/output error"))
+        return original(f, *a, **kw)
+
+    server.run_in_thread = failing
+    reply = client.command("RETR 1")
+    assert reply.startswith(b"+OK") and b"-ERR" not in reply and not reply.endswith(b".\r\n")
+    assert aborted == [True]
+    client.drop()
+    assert len(server.files("jones", "NEWMAIL")) == 1
+    assert any("sending a reply failed" in line for line in server.log.lines())
+    assert "reason=send-error" in server.log.matching("disconnected: user=<jones>")[0]

@@ -68,6 +68,7 @@ class VMSPOP3(pop3.POP3):
         self._attempts: LoginAttempts | None = None
         self._streamer: Streamer | None = None
         self._stats = dict(retr=0, retr_octets=0, top=0)
+        self._why = "connection-lost"  # for the disconnect log line
 
     # -- connection ---------------------------------------------------------------------
 
@@ -102,13 +103,12 @@ class VMSPOP3(pop3.POP3):
         self.factory.release(self)
         if self.phase == state.UPDATE:
             return  # the update runs to its end and then releases the lock
-        why = getattr(self, "_why", "connection-lost")
         if self.mbox is not None:
             self.mbox.logout()
             self.events.disconnected(user=self.mbox.user, rip=self.rip, session=self.session,
-                                     reason=why, attempts=0)
+                                     reason=self._why, attempts=0)
         else:
-            self.events.disconnected(user=None, rip=self.rip, session=self.session, reason=why,
+            self.events.disconnected(user=None, rip=self.rip, session=self.session, reason=self._why,
                                      attempts=self._attempts.failures if self._attempts else 0)
 
     def timeoutConnection(self) -> None:
@@ -186,12 +186,9 @@ class VMSPOP3(pop3.POP3):
 
     def _unexpected(self, failure: Failure, verb: str) -> None:
         if failure.check(StreamStopped):
-            return  # the client went away mid-transfer; nothing to answer
+            return  # the transfer ended without a reply being possible; see _stream
         self.events.failure("{verb} failed", failure=failure, verb=verb)
-        if self._streamer is not None:
-            self.transport.abortConnection()  # a reply cannot follow a partial message
-        else:
-            self._send(wire.err("internal server error", "SYS/TEMP"))
+        self._send(wire.err("internal server error", "SYS/TEMP"))
 
     # -- output -------------------------------------------------------------------------
 
@@ -215,6 +212,13 @@ class VMSPOP3(pop3.POP3):
 
         def done(result: Any) -> Any:
             self._streamer = None
+            if isinstance(result, Failure) and not result.check(StreamStopped):
+                # Part of the reply is out: no -ERR can follow it, only a cut connection,
+                # which the client sees as a failed transfer (and no update happens).
+                self.events.failure("sending a reply failed", failure=result)
+                self._why = "send-error"
+                self.transport.abortConnection()
+                return Failure(StreamStopped())
             return result
 
         return streamer.start().addBoth(done)
