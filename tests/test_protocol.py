@@ -586,3 +586,40 @@ def test_read_error_mid_message_cuts_the_connection(server: Server) -> None:
     assert len(server.files("jones", "NEWMAIL")) == 1
     assert any("sending a reply failed" in line for line in server.log.lines())
     assert "reason=send-error" in server.log.matching("disconnected: user=<jones>")[0]
+
+
+def test_protocol_does_not_claim_to_be_a_producer(server: Server) -> None:
+    """Stock defect: POP3 claims IProducer with a stopProducing that raises; VMSPOP3 does not."""
+    from twisted.internet.interfaces import IProducer, IProtocol
+    protocol = server.connect().protocol
+    assert IProtocol.providedBy(protocol) and not IProducer.providedBy(protocol)
+
+
+def test_list_honours_back_pressure(server: Server) -> None:
+    """Stock defect (twisted#2258): a long LIST stops while the transport is paused."""
+    import vmspop.protocol as protocol_module
+    server.deliver("jones", *[b"m%d\n" % i for i in range(10)])
+    client = server.connect()
+    client.login()
+    real_write = client.transport.write
+    paused: list = []
+
+    def write_then_pause(data: bytes) -> None:
+        real_write(data)
+        streamer = client.protocol._streamer
+        if streamer is not None and not paused:
+            paused.append(streamer)
+            streamer.pauseProducing()
+
+    client.transport.write = write_then_pause  # type: ignore[method-assign]
+    old = protocol_module.LINES_PER_BLOCK
+    protocol_module.LINES_PER_BLOCK = 3
+    try:
+        first = client.command("LIST")
+        assert first.count(b"\r\n") == 1 + 3  # status line and one block, then paused
+        assert client.command("NOOP") == b""  # pipelined behind the paused LIST
+        paused[0].resumeProducing()
+        rest = client.take()
+        assert rest.endswith(b"10 4\r\n.\r\n+OK\r\n")
+    finally:
+        protocol_module.LINES_PER_BLOCK = old

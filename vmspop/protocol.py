@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.interfaces import ILoggingContext, IProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.mail import pop3
 from twisted.python.failure import Failure
+from zope.interface import implementer_only
 
 from vmspop import state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
@@ -39,6 +41,9 @@ LINES_PER_BLOCK = 2048
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
+# The stock class declares IProducer with a stopProducing that raises; vmspop's
+# producer is the Streamer of each transfer, so the protocol claims only what it is.
+@implementer_only(IProtocol, ILoggingContext)
 class VMSPOP3(pop3.POP3):
     """One POP3 connection.
 
