@@ -183,7 +183,7 @@ def open_mailbox(store: MailStore, user: str, *, use_mail_folder: bool, leave_in
     problems: list[str] = []
     try:
         if use_mail_folder:
-            store.move_new_to_mail(user)
+            store.move_new_to_mail(user, problems)
         folder = MAIL if use_mail_folder else NEWMAIL
         messages = store.scan(user, folder, limit, problems)
     except BaseException:

@@ -371,8 +371,12 @@ class MailStore:
             return False
         return True
 
-    def move_new_to_mail(self, user: str) -> int:
-        """Move every NEWMAIL message into MAIL (``--use-mail-folder``), keeping names."""
+    def move_new_to_mail(self, user: str, problems: list[str] | None = None) -> int:
+        """Move every NEWMAIL message into MAIL (``--use-mail-folder``), keeping names.
+
+        A message whose name is already taken in MAIL stays in NEWMAIL and is
+        described in ``problems``.
+        """
         moved = 0
         for sub in ("new", "cur"):
             source = self.folder(user, NEWMAIL) / sub
@@ -386,8 +390,12 @@ class MailStore:
                 try:
                     _rename_new(source / name, target / name)
                     moved += 1
-                except (FileNotFoundError, FileExistsError):
-                    pass  # gone meanwhile, or a same-named file in MAIL: leave it in NEWMAIL
+                except FileNotFoundError:
+                    pass  # gone meanwhile
+                except FileExistsError:
+                    if problems is not None:
+                        problems.append(f"{source / name}: left in {NEWMAIL}, "
+                                        f"{target / name} already exists")
         if moved:
             self.sync_folders(user)
         return moved
