@@ -20,7 +20,6 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.mail.pop3 import AdvancedPOP3Client
 
 from live import Live, folder_names, start
-from vmspop.store import MailStore
 
 MESSAGE = (b"From: alice@example.org\nTo: jones@example.com\nSubject: greetings\n\n"
            b"Hello Jones,\n.a line starting with a dot\n.\nend\n")
