@@ -189,3 +189,10 @@ def test_twistd_serves_over_a_real_socket(tmp_path: Path) -> None:
     assert "Server Shut Down." in output
     assert "login: user=<jones> method=USER rip=127.0.0.1" in output
     assert "logout: user=<jones>" in output and "retr=1/" in output
+
+
+def test_config_file_shared_with_import(tmp_path: Path) -> None:
+    """The server accepts (and ignores) the `vmspop import` keys of a shared --config file."""
+    path = tmp_path / "shared.toml"
+    path.write_text('mail-root = "/srv/mail"\ndecnet-rewrite = "generic"\npersonal-name = true\n')
+    assert parse("--config", str(path)).mail_root == Path("/srv/mail")

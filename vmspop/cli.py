@@ -82,7 +82,7 @@ PROG: Final = "vmspop"
 _SETTINGS: Final = {s.name: s for s in config.SETTINGS}
 # The admin command reads two settings, but one --config file is shared with
 # the server, so every server key is accepted (and ignored).
-_CONFIG_KEYS: Final = frozenset(_SETTINGS)
+_CONFIG_KEYS: Final = config.CONFIG_KEYS
 _DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CONFIG_KEYS",
     "ConfigError",
+    "IMPORT_SETTINGS",
     "LOG_LEVELS",
     "SECURITY_MODES",
     "SETTINGS",
@@ -127,7 +129,32 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds to wait before answering a failed login"),
 )
 
+#: Options of ``vmspop import`` that rebuild RFC 822 headers from MAIL-11 ones.  They
+#: live in the same ``--config`` file as the server settings (the server ignores them).
+IMPORT_SETTINGS: tuple[Setting, ...] = (
+    Setting("substitute-domain", "str", None,
+            "domain for user-name-only and generic addresses (default: --hostname)",
+            vms="SMTP /SUBSTITUTE_DOMAIN"),
+    Setting("decnet-rewrite", "choice", "transform",
+            "how NODE::USER senders are rebuilt: transform, generic or none",
+            vms="TCPIP$POP_DECNET_REWRITE", choices=("transform", "generic", "none")),
+    Setting("quoted-decnet-rewrite", "choice", "transform",
+            'how NODE::"user@host" senders are rebuilt: transform, generic or none',
+            vms="TCPIP$POP_QUOTED_DECNET_REWRITE", choices=("transform", "generic", "none")),
+    Setting("decnet-node", "list", (),
+            "DECnet node to host name translation, NODE=HOST (repeatable)"),
+    Setting("local-host", "list", (),
+            "host names that count as local (repeatable)", vms="TCPIP$SMTP_LOCAL_ALIASES.TXT"),
+    Setting("personal-name", "flag", False,
+            "keep the sender's personal name in the rebuilt From:", vms="TCPIP$POP_PERSONAL_NAME"),
+    Setting("ignore-mail11-headers", "flag", False,
+            "use RFC 822 headers found at the top of a message body instead of rebuilt ones",
+            vms="TCPIP$POP_IGNORE_MAIL11_HEADERS"),
+)
+
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Every key a shared ``--config`` file may hold.
+CONFIG_KEYS = frozenset(_BY_NAME) | frozenset(s.name for s in IMPORT_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -257,8 +284,8 @@ def load_toml(path: str | Path, allowed: frozenset[str] | None = None) -> dict[s
 
     Args:
         path: the file to read.
-        allowed: the keys the calling tool understands; None means every
-            server setting.
+        allowed: the keys accepted; None means :data:`CONFIG_KEYS` (every
+            tool's keys, since one file serves the server and ``vmspop``).
 
     Raises:
         ConfigError: if the file cannot be read or parsed, or holds an unknown key.
@@ -270,7 +297,7 @@ def load_toml(path: str | Path, allowed: frozenset[str] | None = None) -> dict[s
         raise ConfigError(f"--config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
-    known = allowed if allowed is not None else frozenset(_BY_NAME)
+    known = allowed if allowed is not None else CONFIG_KEYS
     for key in data:
         if key not in known:
             raise ConfigError(f"--config {path}: unknown setting {key!r}")

@@ -69,7 +69,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Merge the file, the command line and the defaults into a :class:`ServerConfig`."""
-        values = dict(self._from_file)
+        server_keys = {s.name for s in SETTINGS}
+        # The file is shared with `vmspop import`, whose keys the server ignores.
+        values = {k: v for k, v in self._from_file.items() if k in server_keys}
         for setting in SETTINGS:
             given = self.get(setting.name)
             if setting.kind == "flag":
