@@ -18,7 +18,7 @@ from twisted.internet.threads import blockingCallFromThread
 from vmspop.config import ServerConfig
 from vmspop.passwd import Account, PasswordFile
 from vmspop.secretfile import write_secret
-from vmspop.server import POP3Factory, make_pop3_factory
+from vmspop.server import POP3Factory, make_pop3_factory, make_smtp_factory
 from vmspop.store import MailStore
 
 
@@ -42,6 +42,8 @@ class Live:
     factory: POP3Factory
     reactor: Any
     listening: Any
+    smtp_port: int
+    smtp_listening: Any
     clients: list[poplib.POP3] = field(default_factory=list)
 
     def pop(self) -> poplib.POP3:
@@ -55,10 +57,11 @@ class Live:
         for client in self.clients:
             client.close()
         blockingCallFromThread(self.reactor, self.listening.stopListening)
+        blockingCallFromThread(self.reactor, self.smtp_listening.stopListening)
 
 
 def start(reactor: Any, tmp_path: Path, **settings: Any) -> Live:
-    """Create user jones (password wonderland, APOP secret tanstaafl) and listen."""
+    """Create user jones (password wonderland, APOP secret tanstaafl); listen for POP3 and SMTP."""
     config = ServerConfig(mail_root=tmp_path / "mail", passwd=tmp_path / "passwd", hostname="localhost",
                           auth_failure_delay=0.0, **settings)
     store = MailStore(config.mail_root)
@@ -67,7 +70,11 @@ def start(reactor: Any, tmp_path: Path, **settings: Any) -> Live:
     write_secret(store.secret_path("jones"), b"tanstaafl")
     factory = blockingCallFromThread(reactor, make_pop3_factory, config, reactor)
     port = blockingCallFromThread(reactor, reactor.listenTCP, 0, factory, interface="127.0.0.1")
-    return Live(port.getHost().port, store, factory, reactor, port)
+    smtp_factory = blockingCallFromThread(reactor, make_smtp_factory, config, reactor)
+    smtp_port = blockingCallFromThread(reactor, reactor.listenTCP, 0, smtp_factory,
+                                       interface="127.0.0.1")
+    return Live(port.getHost().port, store, factory, reactor, port, smtp_port.getHost().port,
+                smtp_port)
 
 
 def folder_names(store: MailStore, folder: str, user: str = "jones") -> list[str]:

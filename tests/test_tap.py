@@ -119,17 +119,30 @@ def test_plugin_is_discoverable() -> None:
 
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
-    """makeService builds one listener per --pop3 endpoint, without the global reactor."""
+    """makeService builds one listener per --pop3 and --smtp endpoint, without the global reactor."""
+    from vmspop.smtp import SMTPFactory
     reactor = MemoryReactorClock()
     options = Options()
     options.parseOptions(["--mail-root", str(tmp_path), "--pop3", "tcp:1234:interface=127.0.0.1",
-                          "--pop3", "tcp:5678"])
+                          "--pop3", "tcp:5678", "--smtp", "tcp:2526:interface=127.0.0.1"])
     service = makeService(options, reactor)
     service.startService()
-    ports = [(port, factory, interface) for port, factory, _, interface in reactor.tcpServers]
-    assert [(p, i) for p, _, i in ports] == [(1234, "127.0.0.1"), (5678, "")]
-    assert all(isinstance(f, POP3Factory) for _, f, _ in ports)
+    ports = {port: (factory, interface) for port, factory, _, interface in reactor.tcpServers}
+    assert sorted(ports) == [1234, 2526, 5678]
+    assert ports[1234][1] == "127.0.0.1" and ports[5678][1] == ""
+    assert isinstance(ports[1234][0], POP3Factory) and ports[1234][0] is ports[5678][0]
+    assert isinstance(ports[2526][0], SMTPFactory)
     service.stopService()
+
+
+def test_default_smtp_listener_and_no_smtp(tmp_path: Path) -> None:
+    """SMTP listens on 127.0.0.1:2525 by default; --no-smtp turns it off."""
+    for argv, expected in (([], [1110, 2525]), (["--no-smtp"], [1110])):
+        reactor = MemoryReactorClock()
+        options = Options()
+        options.parseOptions(["--mail-root", str(tmp_path), *argv])
+        makeService(options, reactor).startService()
+        assert sorted(port for port, *_ in reactor.tcpServers) == expected
 
 
 def test_embedding_in_a_multiservice(tmp_path: Path) -> None:
@@ -140,8 +153,8 @@ def test_embedding_in_a_multiservice(tmp_path: Path) -> None:
                           pop3=("tcp:1110",), hostname="pop.example.com")
     make_service(config, reactor).setServiceParent(application)
     application.startService()
-    [(port, factory, _, _)] = reactor.tcpServers
-    assert port == 1110 and isinstance(factory, POP3Factory)
+    [(port, factory, _, _)] = [server for server in reactor.tcpServers if server[0] == 1110]
+    assert isinstance(factory, POP3Factory)
     assert factory.config is config
     application.stopService()
 
@@ -165,7 +178,7 @@ def test_twistd_serves_over_a_real_socket(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
         [str(twistd), "-n", "--pidfile=", "--logfile=-", "vmspop", "--config", str(config),
-         "--pop3", f"tcp:{port}:interface=127.0.0.1"],
+         "--pop3", f"tcp:{port}:interface=127.0.0.1", "--no-smtp"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         client = None

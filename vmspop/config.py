@@ -33,6 +33,10 @@ SECURITY_MODES = ("secure", "friendly")
 LOG_LEVELS = ("error", "info", "session", "debug")
 
 DEFAULT_POP3_ENDPOINT = "tcp:1110:interface=127.0.0.1"
+DEFAULT_SMTP_ENDPOINT = "tcp:2525:interface=127.0.0.1"
+#: Generous for mail with attachments, small enough that a client cannot fill the disk
+#: with one message; Postfix's default message_size_limit is 10 MB, Exchange's 25-35 MB.
+DEFAULT_MAX_MESSAGE_SIZE = 50 * 1024 * 1024
 
 #: RFC 1939 section 3: an autologout timer must be at least 10 minutes.
 DEFAULT_IDLE_TIMEOUT = 600.0
@@ -91,8 +95,17 @@ SETTINGS: tuple[Setting, ...] = (
             "password file, Dovecot passwd-file format"),
     Setting("pop3", "list", (DEFAULT_POP3_ENDPOINT,),
             "POP3 listening endpoint, a Twisted endpoint string (repeatable)"),
+    Setting("smtp", "list", (DEFAULT_SMTP_ENDPOINT,),
+            "SMTP listening endpoint for mail delivery into NEWMAIL (repeatable)"),
+    Setting("no-smtp", "flag", False,
+            "do not accept mail over SMTP (deliver with `vmspop deliver` instead)"),
     Setting("hostname", "str", None,
-            "host name shown in the greeting and the APOP challenge (default: this host's name)"),
+            "host name shown in the greetings and the APOP challenge, and a domain whose mail "
+            "is accepted (default: this host's name)"),
+    Setting("local-domain", "list", (),
+            "another mail domain whose users' mail the SMTP listener accepts (repeatable)"),
+    Setting("max-message-size", "int", DEFAULT_MAX_MESSAGE_SIZE,
+            "largest message accepted over SMTP, in octets (advertised with SIZE)"),
     Setting("leave-in-newmail", "flag", False,
             "leave retrieved, undeleted mail in NEWMAIL at QUIT instead of moving it to MAIL",
             vms="TCPIP$POP_LEAVE_IN_NEWMAIL"),
@@ -164,7 +177,11 @@ class ServerConfig:
     mail_root: Path = Path("vmspop-data/mail")
     passwd: Path = Path("vmspop-data/passwd")
     pop3: tuple[str, ...] = (DEFAULT_POP3_ENDPOINT,)
+    smtp: tuple[str, ...] = (DEFAULT_SMTP_ENDPOINT,)
+    no_smtp: bool = False
     hostname: str = field(default_factory=socket.gethostname)
+    local_domain: tuple[str, ...] = ()
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     leave_in_newmail: bool = False
     use_mail_folder: bool = False
     disable_userpass: bool = False
@@ -204,6 +221,11 @@ class ServerConfig:
             found.append("--hostname must be 1-255 printable characters without spaces, <, > or @")
         if not self.pop3:
             found.append("at least one --pop3 endpoint is needed")
+        if self.max_message_size < 1024:
+            found.append("--max-message-size must be at least 1024 octets")
+        for domain in self.local_domain:
+            if not domain or any(not 0x21 <= ord(c) <= 0x7E or c in "<>@[]" for c in domain):
+                found.append(f"--local-domain {domain!r} is not a domain name")
         if self.leave_in_newmail and self.use_mail_folder:
             found.append("--leave-in-newmail and --use-mail-folder exclude each other "
                          "(MAIL is served, so nothing is left in NEWMAIL)")

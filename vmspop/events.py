@@ -94,6 +94,20 @@ class EventLog:
         if self._on("info"):
             self.log.info("connection refused: rip={rip} reason={reason}", rip=rip, reason=reason)
 
+    def smtp_delivered(self, *, rip: str, sender: str, recipients: list[str], octets: int, id: str,
+                       seconds: float) -> None:
+        """A message accepted over SMTP and stored for every recipient."""
+        if self._on("info"):
+            self.log.info("smtp delivered: id={id} from=<{sender}> to=<{to}> octets={octets} "
+                          "rip={rip} seconds={seconds:.3f}", id=id, sender=safe(sender),
+                          to=",".join(recipients), octets=octets, rip=rip, seconds=seconds)
+
+    def smtp_refused(self, *, rip: str, rcpt: str, reason: str) -> None:
+        """An SMTP recipient refused (unknown user, relaying, DISMAIL...)."""
+        if self._on("info"):
+            self.log.info("smtp refused: rcpt=<{rcpt}> rip={rip} reason={reason}",
+                          rcpt=safe(rcpt), rip=rip, reason=reason)
+
     def secret_ignored(self, *, user: str, why: str) -> None:
         """A POP_SECRET.DAT that vmspop will not use, and why."""
         if self._on("error"):

@@ -28,11 +28,12 @@ from vmspop.config import ServerConfig
 from vmspop.events import EventLog
 from vmspop.passwd import PasswordFile
 from vmspop.protocol import VMSPOP3
+from vmspop.smtp import SMTPFactory
 from vmspop.store import MailStore
 from vmspop.threads import ThreadRunner, thread_runner
 from vmspop.transfer import BLOCK_SIZE
 
-__all__ = ["POP3Factory", "make_pop3_factory", "make_service"]
+__all__ = ["POP3Factory", "make_pop3_factory", "make_service", "make_smtp_factory"]
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
@@ -123,15 +124,36 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
     return POP3Factory(config, portal, reactor, run, events)
 
 
+def make_smtp_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
+                      run_in_thread: ThreadRunner | None = None) -> SMTPFactory:
+    """Build the SMTP factory that delivers mail for vmspop's users into NEWMAIL.
+
+    Args:
+        config: the server settings.
+        reactor: provides time and the thread pool.
+        events: the operator's log (default: one built from ``config``).
+        run_in_thread: default: the reactor's thread pool.
+    """
+    events = events if events is not None else EventLog(config.log_level, config.trace)
+    run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
+    return SMTPFactory(config, MailStore(config.mail_root, config.hostname), PasswordFile(config.passwd),
+                       run, reactor, events)
+
+
 def make_service(config: ServerConfig, reactor: Any) -> MultiService:
-    """A service listening on every ``--pop3`` endpoint; attach it to an application.
+    """A service listening on every ``--pop3`` and (unless ``--no-smtp``) ``--smtp`` endpoint.
 
     Raises:
         ValueError: an endpoint description cannot be parsed.
     """
     top = MultiService()
-    factory = make_pop3_factory(config, reactor)
-    for description in config.pop3:
+    events = EventLog(config.log_level, config.trace)
+    pop3_factory = make_pop3_factory(config, reactor, events)  # one factory: one session count
+    listeners: list[tuple[str, ServerFactory]] = [(d, pop3_factory) for d in config.pop3]
+    if not config.no_smtp:
+        smtp_factory = make_smtp_factory(config, reactor, events)
+        listeners += [(description, smtp_factory) for description in config.smtp]
+    for description, factory in listeners:
         endpoint = endpoints.serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, factory).setServiceParent(top)
     return top

@@ -34,7 +34,8 @@ def _describe(setting: Setting) -> str:
 class Options(usage.Options):
     """Options of ``twistd vmspop``."""
 
-    synopsis = "[--config FILE] [--mail-root DIR] [--passwd FILE] [--pop3 ENDPOINT]... [options]"
+    synopsis = ("[--config FILE] [--mail-root DIR] [--passwd FILE] [--pop3 ENDPOINT]... "
+                "[--smtp ENDPOINT]... [--no-smtp] [options]")
     longdesc = (
         "vmspop serves each user's NEWMAIL folder over POP3 with the OpenVMS TCP/IP Services "
         "semantics: at QUIT deleted mail is removed and mail retrieved but not deleted moves "
@@ -48,13 +49,23 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["pop3"] = []
+        for setting in SETTINGS:
+            if setting.kind == "list":
+                self[setting.name] = []
         self._from_file: dict[str, Any] = {}
 
     def opt_pop3(self, description: str) -> None:
         self["pop3"].append(description)
 
+    def opt_smtp(self, description: str) -> None:
+        self["smtp"].append(description)
+
+    def opt_local_domain(self, domain: str) -> None:
+        self["local-domain"].append(domain)
+
     opt_pop3.__doc__ = _describe(next(s for s in SETTINGS if s.name == "pop3"))
+    opt_smtp.__doc__ = _describe(next(s for s in SETTINGS if s.name == "smtp"))
+    opt_local_domain.__doc__ = _describe(next(s for s in SETTINGS if s.name == "local-domain"))
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse the command line; ``--config`` is read first so the command line wins."""
