@@ -9,6 +9,7 @@ vmspop reads; nothing else parses options.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -136,6 +137,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trace", "flag", False,
             "log every protocol line (passwords, digests and message bodies masked)",
             vms="TCPIP$POP_TRACE"),
+    Setting("tls-cert", "path", None,
+            "PEM certificate (and chain) for STLS and SMTP STARTTLS; re-read when it changes"),
+    Setting("tls-key", "path", None, "PEM private key of --tls-cert"),
+    Setting("require-tls", "flag", False,
+            "refuse USER, PASS, APOP and AUTH PLAIN until the session is encrypted"),
+    Setting("allow-loopback-plaintext", "flag", False,
+            "with --require-tls, still allow clear-text logins from 127.0.0.0/8 and ::1"),
     Setting("max-auth-attempts", "int", DEFAULT_MAX_AUTH_ATTEMPTS,
             "failed logins allowed per connection before it is closed"),
     Setting("auth-failure-delay", "float", DEFAULT_AUTH_FAILURE_DELAY,
@@ -192,6 +200,10 @@ class ServerConfig:
     send_id_headers: bool = False
     log_level: str = "info"
     trace: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_tls: bool = False
+    allow_loopback_plaintext: bool = False
     max_auth_attempts: int = DEFAULT_MAX_AUTH_ATTEMPTS
     auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY
 
@@ -221,6 +233,12 @@ class ServerConfig:
             found.append("--hostname must be 1-255 printable characters without spaces, <, > or @")
         if not self.pop3:
             found.append("at least one --pop3 endpoint is needed")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            found.append("--tls-cert and --tls-key go together")
+        implicit_tls = any(re.match(r"(haproxy:)?(ssl|tls):", e) for e in self.pop3)
+        if self.require_tls and self.tls_cert is None and not implicit_tls:
+            found.append("--require-tls needs --tls-cert/--tls-key or an ssl: endpoint, "
+                         "else no login could ever succeed")
         if self.max_message_size < 1024:
             found.append("--max-message-size must be at least 1024 octets")
         for domain in self.local_domain:

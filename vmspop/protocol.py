@@ -9,6 +9,7 @@ handling, byte-stuffing, octet counts, QUIT and the idle timer.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections import deque
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.interfaces import ILoggingContext, IProtocol
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import ILoggingContext, IProtocol, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.mail import pop3
 from twisted.python.failure import Failure
@@ -74,6 +76,8 @@ class VMSPOP3(pop3.POP3):
         self._streamer: Streamer | None = None
         self._stats = dict(retr=0, retr_octets=0, top=0)
         self._why = "connection-lost"  # for the disconnect log line
+        self._tls_started = False
+        self._local = False
 
     # -- connection ---------------------------------------------------------------------
 
@@ -81,6 +85,7 @@ class VMSPOP3(pop3.POP3):
         """Greet the client with the APOP challenge, or refuse it when the server is full."""
         peer = self.transport.getPeer()
         self.rip = getattr(peer, "host", None) or str(peer)
+        self._local = isinstance(peer, UNIXAddress) or _is_loopback(self.rip)
         if not self.factory.admit(self):
             self.events.refused(rip=self.rip, reason="too-many-sessions")
             self._send(wire.err("too many sessions; try again later", "SYS/TEMP"))
@@ -247,11 +252,27 @@ class VMSPOP3(pop3.POP3):
 
     # -- AUTHORIZATION ------------------------------------------------------------------
 
+    @property
+    def secure(self) -> bool:
+        """True once the session is encrypted (STLS done, or an implicit-TLS listener)."""
+        return self._tls_started or ISSLTransport.providedBy(self.transport)
+
+    def _cleartext_refusal(self) -> bytes | None:
+        """The reply refusing a clear-text login under ``--require-tls``, or None if allowed."""
+        if not self.config.require_tls or self.secure:
+            return None
+        if self.config.allow_loopback_plaintext and self._local:
+            return None
+        return wire.err("TLS is required before logging in; use STLS first", "AUTH")
+
     def do_CAPA(self) -> None:
         """RFC 2449 capabilities, for the current state."""
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-        if not self.config.disable_userpass and self.phase == state.AUTHORIZATION:
-            caps.append("USER")
+        if self.phase == state.AUTHORIZATION:
+            if self.factory.tls is not None and not self.secure:
+                caps.append("STLS")
+            if not self.config.disable_userpass and self._cleartext_refusal() is None:
+                caps.append("USER")
         # RFC 2449 EXPIRE 0: mail retrieved in this session leaves the maildrop (it moves
         # to MAIL), which is what "leave mail on server" clients must know.
         moves = not (self.config.leave_in_newmail or self.config.use_mail_folder)
@@ -261,8 +282,9 @@ class VMSPOP3(pop3.POP3):
 
     def do_USER(self, name: bytes) -> None:
         """Remember the user name; the password check comes with PASS."""
-        if self.config.disable_userpass:
-            self._send(wire.err("USER/PASS is disabled on this server; use APOP"))
+        refusal = self._userpass_refusal()
+        if refusal is not None:
+            self._send(refusal)
             return
         self._user = name
         # The OpenVMS reply; in secure mode it is the same for unknown users.
@@ -270,8 +292,9 @@ class VMSPOP3(pop3.POP3):
 
     def do_PASS(self, password: bytes) -> defer.Deferred | None:
         """Check USER's password through the portal."""
-        if self.config.disable_userpass:
-            self._send(wire.err("USER/PASS is disabled on this server; use APOP"))
+        refusal = self._userpass_refusal()
+        if refusal is not None:
+            self._send(refusal)
             return None
         if self._user is None:
             self._send(wire.err("give USER first"))
@@ -284,6 +307,10 @@ class VMSPOP3(pop3.POP3):
         if len(digest) != 32 or not set(digest) <= _HEX:
             self._send(wire.err("APOP digest must be 32 hexadecimal digits"))
             return None
+        refusal = self._cleartext_refusal()
+        if refusal is not None:
+            self._send(refusal)
+            return None
         self._user = None
         assert self.magic is not None
         credentials = APOPCredentials(name, self.magic, digest)
@@ -293,9 +320,28 @@ class VMSPOP3(pop3.POP3):
         """No SASL mechanism is offered yet (CAPA lists no SASL)."""
         self._send(wire.err("no SASL mechanisms are available; use USER/PASS or APOP"))
 
+    def _userpass_refusal(self) -> bytes | None:
+        if self.config.disable_userpass:
+            return wire.err("USER/PASS is disabled on this server; use APOP")
+        return self._cleartext_refusal()
+
     def do_STLS(self) -> None:
-        """TLS is not configured, so STLS is refused (RFC 2595) and the session goes on in clear."""
-        self._send(wire.err("STLS is not available: TLS is not configured on this server"))
+        """Start TLS (RFC 2595); anything the client pipelined behind STLS is thrown away."""
+        if self.secure:
+            self._send(wire.err("the session is already encrypted"))
+            return
+        if self.factory.tls is None:
+            self._send(wire.err("STLS is not available: TLS is not configured on this server"))
+            return
+        self._send(wire.ok("Begin TLS negotiation"))
+        # Commands sent in clear behind STLS must not run as if they came over TLS
+        # (the STARTTLS command injection of CVE-2011-0411 and its kin).
+        self._pending.clear()
+        self._pending_octets = 0
+        self._lines.clear()
+        self._user = None
+        self._tls_started = True
+        self.transport.startTLS(self.factory.tls.options())
 
     def _login(self, credentials: Any, user: bytes, success: str) -> defer.Deferred:
         assert self._attempts is not None
@@ -458,6 +504,13 @@ class VMSPOP3(pop3.POP3):
             self._close()
 
         return d.addCallbacks(updated, failed)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a UNIX socket path or an unknown address family
 
 
 def _maildrop(count: int, octets: int) -> str:

@@ -31,6 +31,7 @@ from vmspop.protocol import VMSPOP3
 from vmspop.smtp import SMTPFactory
 from vmspop.store import MailStore
 from vmspop.threads import ThreadRunner, thread_runner
+from vmspop.tls import TLSCertificate
 from vmspop.transfer import BLOCK_SIZE
 
 __all__ = ["POP3Factory", "make_pop3_factory", "make_service", "make_smtp_factory"]
@@ -47,14 +48,16 @@ class POP3Factory(ServerFactory):
         clock: timers (idle timeout); the reactor in production, a ``Clock`` in tests.
         run_in_thread: runs blocking file work off the reactor thread.
         events: the operator's log.
+        tls: the certificate for STLS, or None when STLS is not offered.
     """
 
     protocol = VMSPOP3  # type: ignore[assignment]
     noisy = False  # vmspop logs its own events; "Starting factory" lines are noise
 
     def __init__(self, config: ServerConfig, portal: SessionPortal, clock: IReactorTime,
-                 run_in_thread: ThreadRunner, events: EventLog) -> None:
+                 run_in_thread: ThreadRunner, events: EventLog, tls: TLSCertificate | None = None) -> None:
         self.config = config
+        self.tls = tls
         self.portal = portal
         self.clock = clock
         self.run_in_thread = run_in_thread
@@ -100,8 +103,21 @@ class POP3Factory(ServerFactory):
                 f"up since {up} {challenge}")
 
 
+def load_tls(config: ServerConfig, events: EventLog) -> TLSCertificate | None:
+    """The ``--tls-cert``/``--tls-key`` pair, or None when TLS is not configured.
+
+    Raises:
+        TLSError: the files cannot be used.
+    """
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    return TLSCertificate(config.tls_cert, config.tls_key,
+                          on_error=lambda text: events.error("{text}", text=text))
+
+
 def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
-                      run_in_thread: ThreadRunner | None = None) -> POP3Factory:
+                      run_in_thread: ThreadRunner | None = None,
+                      tls: TLSCertificate | None = None) -> POP3Factory:
     """Build a POP3 factory with its store, password file, checker, realm and portal.
 
     Args:
@@ -109,8 +125,10 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
         reactor: provides time and the thread pool.
         events: the operator's log (default: one built from ``config``).
         run_in_thread: default: the reactor's thread pool.
+        tls: the STLS certificate (default: loaded from ``config``).
     """
     events = events if events is not None else EventLog(config.log_level, config.trace)
+    tls = tls if tls is not None else load_tls(config, events)
     run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
     store = MailStore(config.mail_root, config.hostname)
     checker = AccountChecker(PasswordFile(config.passwd), store, run, events)
@@ -121,11 +139,12 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
                                  if config.send_id_headers else None))
     portal = SessionPortal(realm, [checker], clock=reactor, failure_delay=config.auth_failure_delay,
                            events=events)
-    return POP3Factory(config, portal, reactor, run, events)
+    return POP3Factory(config, portal, reactor, run, events, tls)
 
 
 def make_smtp_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
-                      run_in_thread: ThreadRunner | None = None) -> SMTPFactory:
+                      run_in_thread: ThreadRunner | None = None,
+                      tls: TLSCertificate | None = None) -> SMTPFactory:
     """Build the SMTP factory that delivers mail for vmspop's users into NEWMAIL.
 
     Args:
@@ -133,11 +152,13 @@ def make_smtp_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
         reactor: provides time and the thread pool.
         events: the operator's log (default: one built from ``config``).
         run_in_thread: default: the reactor's thread pool.
+        tls: the STARTTLS certificate (default: loaded from ``config``).
     """
     events = events if events is not None else EventLog(config.log_level, config.trace)
     run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
+    tls = tls if tls is not None else load_tls(config, events)
     return SMTPFactory(config, MailStore(config.mail_root, config.hostname), PasswordFile(config.passwd),
-                       run, reactor, events)
+                       run, reactor, events, tls=tls)
 
 
 def make_service(config: ServerConfig, reactor: Any) -> MultiService:
@@ -148,10 +169,11 @@ def make_service(config: ServerConfig, reactor: Any) -> MultiService:
     """
     top = MultiService()
     events = EventLog(config.log_level, config.trace)
-    pop3_factory = make_pop3_factory(config, reactor, events)  # one factory: one session count
+    tls = load_tls(config, events)
+    pop3_factory = make_pop3_factory(config, reactor, events, tls=tls)  # one factory: one session count
     listeners: list[tuple[str, ServerFactory]] = [(d, pop3_factory) for d in config.pop3]
     if not config.no_smtp:
-        smtp_factory = make_smtp_factory(config, reactor, events)
+        smtp_factory = make_smtp_factory(config, reactor, events, tls=tls)
         listeners += [(description, smtp_factory) for description in config.smtp]
     for description, factory in listeners:
         endpoint = endpoints.serverFromString(reactor, description)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from vmspop.config import ServerConfig
     from vmspop.events import EventLog
     from vmspop.threads import ThreadRunner
+    from vmspop.tls import TLSCertificate
 
 __all__ = ["DeliverySMTP", "SMTPFactory"]
 
@@ -62,13 +63,14 @@ class SMTPFactory(ServerFactory):
         clock: timers (the idle timeout).
         events: the operator's log.
         max_sessions: concurrent SMTP connections accepted.
+        tls: the certificate for STARTTLS, or None.
     """
 
     noisy = False
 
     def __init__(self, config: ServerConfig, store: MailStore, passwords: PasswordFile,
                  run_in_thread: ThreadRunner, clock: Any, events: EventLog,
-                 max_sessions: int = 100) -> None:
+                 max_sessions: int = 100, tls: TLSCertificate | None = None) -> None:
         self.config = config
         self.store = store
         self.passwords = passwords
@@ -76,6 +78,7 @@ class SMTPFactory(ServerFactory):
         self.clock = clock
         self.events = events
         self.max_sessions = max_sessions
+        self.tls = tls
         self.sessions: set[DeliverySMTP] = set()
         self.domains = {d.lower() for d in (config.hostname, *config.local_domain)}
 
@@ -129,6 +132,8 @@ class DeliverySMTP(smtp.ESMTP):
             self.transport.loseConnection()
             return
         self.factory.sessions.add(self)
+        if self.factory.tls is not None:
+            self.ctx = self.factory.tls.options()  # ESMTP offers STARTTLS when ctx is set
         super().connectionMade()
 
     def greeting(self) -> bytes:
@@ -246,6 +251,17 @@ class DeliverySMTP(smtp.ESMTP):
             # An account without a mail directory is the operator's to fix: retry later.
             raise _Refused(451, f"4.3.0 mailbox of {name} is not available; try again later")
         return name
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        """STARTTLS (RFC 3207): discard what was pipelined behind it, and start over."""
+        if self.ctx is not None and self.canStartTLS and not self.startedTLS:
+            # Clear-text commands behind STARTTLS must not run as if sent over TLS.
+            self._pending.clear()
+            self._pending_octets = 0
+            self._buffer = b""
+            self._helo = (None, self.rip.encode("ascii", "replace"))
+            self._from, self._to, self._recipients = None, [], []
+        super().ext_STARTTLS(rest)
 
     def do_NOOP(self, rest: bytes) -> None:
         """RFC 5321 requires NOOP; Twisted's server lacks it."""

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from vmspop.config import SETTINGS, ConfigError, ServerConfig, Setting, load_toml
 from vmspop.server import make_service
+from vmspop.tls import TLSCertificate, TLSError
 
 __all__ = ["Options", "makeService"]
 
@@ -95,7 +96,9 @@ class Options(usage.Options):
                 values[setting.name] = given
         try:
             self.config = ServerConfig.from_settings(values)
-        except (ConfigError, TypeError) as e:
+            if self.config.tls_cert is not None and self.config.tls_key is not None:
+                TLSCertificate(self.config.tls_cert, self.config.tls_key)  # fail now, not at STLS
+        except (ConfigError, TLSError, TypeError) as e:
             raise usage.UsageError(str(e)) from None
 
 
