@@ -28,6 +28,7 @@ from zope.interface import Attribute, implementer
 
 from vmspop.events import EventLog
 from vmspop.hashing import UnsupportedHash, dummy_hash, verify_password
+from vmspop.limits import AddressPenalties
 from vmspop.mailbox import open_mailbox
 from vmspop.passwd import InvalidUsername, PasswordFile, normalize_username, utc_today
 from vmspop.secretfile import SecretMissing, SecretRejected, read_secret
@@ -269,6 +270,14 @@ def method_of(credentials: Any) -> str:
     return "APOP" if IAPOPCredentials.providedBy(credentials) else "USER"
 
 
+def fingerprint(credentials: Any) -> int:
+    """A hash of what was tried, so a repeated (saved, outdated) password is recognised."""
+    secret = getattr(credentials, "password", None)
+    if secret is None:
+        secret = getattr(credentials, "digest", None) or getattr(credentials, "response", b"")
+    return hash((getattr(credentials, "username", b""), secret))
+
+
 class SessionPortal(Portal):
     """A Portal that counts, delays and logs every failed login of a connection.
 
@@ -276,7 +285,8 @@ class SessionPortal(Portal):
         realm: the realm.
         checkers: the credential checkers.
         clock: schedules the failure delay (never sleeps on the reactor thread).
-        failure_delay: seconds before a failure is reported (``--auth-failure-delay``).
+        failure_delay: seconds before a failure is reported (``--auth-failure-delay``);
+            recent failures from the same address double it, up to 15 s.
         events: the operator's log.
     """
 
@@ -284,8 +294,8 @@ class SessionPortal(Portal):
                  failure_delay: float, events: EventLog) -> None:
         super().__init__(realm, checkers)
         self.clock = clock
-        self.failure_delay = failure_delay
         self.events = events
+        self.penalties = AddressPenalties(clock, failure_delay)
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         """Log in; with a :class:`LoginAttempts` mind, failures are counted, delayed and logged."""
@@ -295,9 +305,11 @@ class SessionPortal(Portal):
         method = method_of(credentials)
         if mind.exhausted:
             return defer.fail(LoginRefused("too-many-attempts"))
-        d = super().login(credentials, mind, *interfaces)
+        # One check at a time per address: a flood from one address holds one thread.
+        d = self.penalties.serialized(mind.rip, super().login, credentials, mind, *interfaces)
 
         def succeeded(result: Any) -> Any:
+            self.penalties.succeeded(mind.rip)
             self.events.login(user=result[1].user, method=method, rip=mind.rip, session=mind.session)
             return result
 
@@ -305,11 +317,13 @@ class SessionPortal(Portal):
             if not failure.check(UnauthorizedLogin):
                 return failure  # a server fault: not the client's, so not counted
             mind.failures += 1
+            delay = self.penalties.delay(mind.rip)
+            self.penalties.failed(mind.rip, fingerprint(credentials))
             reason = getattr(failure.value, "reason", "bad-credentials")
             self.events.login_failed(user=user, method=method, rip=mind.rip, session=mind.session,
                                      reason=reason, attempt=mind.failures, limit=mind.limit)
-            if self.failure_delay > 0:
-                return task.deferLater(self.clock, self.failure_delay, lambda: failure)
+            if delay > 0:
+                return task.deferLater(self.clock, delay, lambda: failure)
             return failure
 
         d.addCallbacks(succeeded, failed)

@@ -45,6 +45,9 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 #: serves thousands of mostly idle POP3 connections, so the cap is about
 #: file descriptors and memory, not threads.
 DEFAULT_MAX_SESSIONS = 1000
+#: Enough for an office behind one NAT address polling from many desktops and
+#: phones, few enough that one address cannot take every slot.
+DEFAULT_MAX_SESSIONS_PER_IP = 50
 #: The OpenVMS server allowed two USER/PASS attempts per TCP connection (HELP TCPIP_Services POP).
 DEFAULT_MAX_AUTH_ATTEMPTS = 2
 #: Dovecot's auth_failure_delay: slows online guessing without hurting a user who mistyped.
@@ -125,6 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-sessions", "int", DEFAULT_MAX_SESSIONS,
             "concurrent POP3 connections; more are refused with -ERR [SYS/TEMP]",
             vms="TCPIP$POP_MAXIMUM_THREADS"),
+    Setting("max-sessions-per-ip", "int", DEFAULT_MAX_SESSIONS_PER_IP,
+            "concurrent POP3 connections from one client address (an IPv6 /64)"),
     Setting("message-maximum", "int", 0,
             "messages shown per session, oldest first; 0 = unlimited",
             vms="TCPIP$POP_MESSAGE_MAXIMUM"),
@@ -196,6 +201,7 @@ class ServerConfig:
     security: str = "secure"
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    max_sessions_per_ip: int = DEFAULT_MAX_SESSIONS_PER_IP
     message_maximum: int = 0
     send_id_headers: bool = False
     log_level: str = "info"
@@ -222,6 +228,8 @@ class ServerConfig:
             found.append("--idle-timeout must be 0 (never) or a positive number of seconds")
         if self.max_sessions < 1:
             found.append("--max-sessions must be at least 1")
+        if self.max_sessions_per_ip < 1:
+            found.append("--max-sessions-per-ip must be at least 1")
         if not 0 <= self.message_maximum <= MAX_MESSAGE_MAXIMUM:
             found.append(f"--message-maximum must be between 0 and {MAX_MESSAGE_MAXIMUM}")
         if self.max_auth_attempts < 1:

@@ -38,6 +38,12 @@ __all__ = ["VMSPOP3"]
 #: Pipelined input held while a command runs; past this the socket is not read,
 #: so a client cannot make the server buffer without bound (RFC 2449 PIPELINING).
 MAX_PENDING_INPUT = 64 * 1024
+#: A client sending this many invalid commands in one session is broken or probing;
+#: cut it off rather than answer forever (aiosmtpd's BOGUS_LIMIT, pymap's bad_command_limit).
+MAX_BAD_COMMANDS = 10
+#: A command line must be complete within this time; a client dribbling bytes
+#: (slowloris) would otherwise hold its slot for the whole idle timeout.
+PARTIAL_LINE_TIMEOUT = 60.0
 #: LIST and UIDL lines per written block: few writes, bounded memory for 100,000 messages.
 LINES_PER_BLOCK = 2048
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -78,6 +84,8 @@ class VMSPOP3(pop3.POP3):
         self._why = "connection-lost"  # for the disconnect log line
         self._tls_started = False
         self._local = False
+        self._bad_commands = 0
+        self._partial_timer: Any = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -86,9 +94,12 @@ class VMSPOP3(pop3.POP3):
         peer = self.transport.getPeer()
         self.rip = getattr(peer, "host", None) or str(peer)
         self._local = isinstance(peer, UNIXAddress) or _is_loopback(self.rip)
-        if not self.factory.admit(self):
-            self.events.refused(rip=self.rip, reason="too-many-sessions")
-            self._send(wire.err("too many sessions; try again later", "SYS/TEMP"))
+        refused = self.factory.admit(self)
+        if refused is not None:
+            self.events.refused(rip=self.rip, reason=refused)
+            text = ("too many connections from your address" if refused.endswith("address")
+                    else "too many sessions")
+            self._send(wire.err(f"{text}; try again later", "SYS/TEMP"))
             self._close()
             return
         self._admitted = True
@@ -106,6 +117,9 @@ class VMSPOP3(pop3.POP3):
         """Drop the session: without a completed QUIT nothing in the mailbox changes."""
         self.setTimeout(None)
         self._closing = True
+        if self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
         if self._streamer is not None:
             self._streamer.stopProducing()
         if not self._admitted:
@@ -144,10 +158,33 @@ class VMSPOP3(pop3.POP3):
             self._why = "line-too-long"
             self._close()
             return
+        self._watch_partial_line()
         for line in lines:
             self._pending.append(line)
             self._pending_octets += len(line)
         self._drain()
+
+    def _watch_partial_line(self) -> None:
+        if self._lines.pending and self._partial_timer is None:
+            self._partial_timer = self.callLater(PARTIAL_LINE_TIMEOUT, self._partial_line_expired)
+        elif not self._lines.pending and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+
+    def _partial_line_expired(self) -> None:
+        self._partial_timer = None
+        self._send(wire.err(f"command line not completed within {PARTIAL_LINE_TIMEOUT:g} seconds"))
+        self._why = "partial-line-timeout"
+        self._close()
+
+    def _refuse_command(self, text: str) -> None:
+        self._bad_commands += 1
+        if self._bad_commands >= MAX_BAD_COMMANDS:
+            self._send(wire.err(f"{text}; too many invalid commands, closing connection"))
+            self._why = "too-many-bad-commands"
+            self._close()
+        else:
+            self._send(wire.err(text))
 
     def _drain(self) -> None:
         while self._pending and not self._busy and not self._closing:
@@ -169,11 +206,11 @@ class VMSPOP3(pop3.POP3):
         try:
             command = wire.parse_command(line)
         except wire.CommandError as e:
-            self._send(wire.err(e.text))
+            self._refuse_command(e.text)
             return
         problem = state.refusal(self.phase, command.verb)
         if problem is not None:
-            self._send(wire.err(problem))
+            self._refuse_command(problem)
             return
         self.events.command(session=self.session, verb=command.verb)
         try:

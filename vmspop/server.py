@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+from collections import Counter
 import secrets
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from vmspop._version import __version__
 from vmspop.auth import AccountChecker, MailRealm, SessionPortal
 from vmspop.config import ServerConfig
 from vmspop.events import EventLog
+from vmspop.limits import address_key
 from vmspop.passwd import PasswordFile
 from vmspop.protocol import VMSPOP3
 from vmspop.smtp import SMTPFactory
@@ -65,6 +67,7 @@ class POP3Factory(ServerFactory):
         self.implementation = f"vmspop-{__version__}"
         self.started = time.time()
         self.sessions: set[VMSPOP3] = set()
+        self._per_address: Counter[str] = Counter()
         self.block_size = BLOCK_SIZE
         self._challenges = itertools.count(1)
 
@@ -72,16 +75,25 @@ class POP3Factory(ServerFactory):
         """A new connection's protocol (an instance of :attr:`protocol`, which subclasses may set)."""
         return self.protocol(self)
 
-    def admit(self, session: VMSPOP3) -> bool:
-        """Count a new connection in; False when ``--max-sessions`` are already open."""
+    def admit(self, session: VMSPOP3) -> str | None:
+        """Count a new connection in, or say why not (``--max-sessions``, ``--max-sessions-per-ip``)."""
         if len(self.sessions) >= self.config.max_sessions:
-            return False
+            return "too-many-sessions"
+        key = address_key(session.rip)
+        if self._per_address[key] >= self.config.max_sessions_per_ip:
+            return "too-many-sessions-from-address"
         self.sessions.add(session)
-        return True
+        self._per_address[key] += 1
+        return None
 
     def release(self, session: VMSPOP3) -> None:
         """Count a closed connection out."""
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            key = address_key(session.rip)
+            self._per_address[key] -= 1
+            if not self._per_address[key]:
+                del self._per_address[key]
 
     def challenge(self) -> bytes:
         """A fresh APOP timestamp, in the OpenVMS server's shape.

@@ -278,6 +278,11 @@ class LineBuffer:
         self._buffer = partial
         return lines
 
+    @property
+    def pending(self) -> bool:
+        """True while an incomplete line is buffered."""
+        return bool(self._buffer)
+
     def clear(self) -> bytes:
         """Drop and return any buffered incomplete line."""
         data, self._buffer = self._buffer, b""
