@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, task
@@ -30,6 +30,7 @@ from vmspop.events import EventLog
 from vmspop.hashing import UnsupportedHash, dummy_hash, verify_password
 from vmspop.limits import AddressPenalties
 from vmspop.mailbox import open_mailbox
+from vmspop.sasl import ISharedSecretCredentials
 from vmspop.passwd import InvalidUsername, PasswordFile, normalize_username, utc_today
 from vmspop.secretfile import SecretMissing, SecretRejected, read_secret
 from vmspop.store import MailboxLocked, MailStore, NoSuchMailbox
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class IAPOPCredentials(IUsernameHashedPassword):
+class IAPOPCredentials(ISharedSecretCredentials):
     """APOP credentials: checked against the user's shared secret, never the login password."""
 
     challenge = Attribute("The greeting's <...> timestamp, bytes.")
@@ -94,7 +95,7 @@ _FRIENDLY: dict[str, tuple[str, str]] = {
     "bad-password": ("AUTH", 'password supplied for "{user}" is incorrect'),
     "no-secret": ("AUTH", 'no APOP shared secret (POP_SECRET.DAT) is set up for "{user}"'),
     "bad-secret-file": ("AUTH", 'the APOP shared secret of "{user}" cannot be used; ask the postmaster'),
-    "bad-digest": ("AUTH", 'APOP digest supplied for "{user}" is incorrect'),
+    "bad-digest": ("AUTH", 'digest supplied for "{user}" does not match the shared secret'),
     "disabled": ("SYS/PERM", 'account "{user}" is disabled'),
     "nomail": ("SYS/PERM", 'account "{user}" may not use mail'),
     "expired": ("SYS/PERM", 'account "{user}" has expired'),
@@ -127,7 +128,8 @@ def refusal_reply(reason: str, user: str, security: str) -> tuple[str, str]:
 
 @implementer(ICredentialsChecker)
 class AccountChecker:
-    """Checks USER/PASS against the password file and APOP against ``POP_SECRET.DAT``.
+    """Checks USER/PASS and SASL PLAIN against the password file, and APOP, CRAM-MD5 and
+    SCRAM-SHA-256 against the shared secret in ``POP_SECRET.DAT``.
 
     The work (hash verification, file reads) runs in a thread.  Account flags are
     checked only after the credentials are proven, so a stranger learns nothing from
@@ -141,7 +143,7 @@ class AccountChecker:
         today: the current date (UTC), for account expiry; injectable for tests.
     """
 
-    credentialInterfaces = (IUsernamePassword, IAPOPCredentials)
+    credentialInterfaces = (IUsernamePassword, ISharedSecretCredentials)
 
     def __init__(self, passwords: PasswordFile, store: MailStore, run_in_thread: ThreadRunner,
                  events: EventLog, today: Callable[[], datetime.date] | None = None) -> None:
@@ -156,13 +158,13 @@ class AccountChecker:
         return self._run(self._check, credentials)
 
     def _check(self, credentials: Any) -> bytes:
-        apop = IAPOPCredentials.providedBy(credentials)
+        shared_secret = ISharedSecretCredentials.providedBy(credentials)
         try:
             name = normalize_username(credentials.username)
         except InvalidUsername:
             name = None
         account = self.passwords.lookup(name) if name is not None else None
-        if apop:
+        if shared_secret:
             if account is None:
                 # Do the digest work a known user costs, so timing tells nothing.
                 credentials.checkPassword(b"")
@@ -251,6 +253,7 @@ class LoginAttempts:
         failures: failures so far.
         rip: the client's address, for the log.
         session: the session id, for the log.
+        method: the login method of the attempt in progress (USER, APOP, PLAIN, ...).
     """
 
     def __init__(self, limit: int, rip: str, session: str) -> None:
@@ -258,16 +261,12 @@ class LoginAttempts:
         self.failures = 0
         self.rip = rip
         self.session = session
+        self.method = "USER"
 
     @property
     def exhausted(self) -> bool:
         """True once no more attempts are allowed."""
         return self.failures >= self.limit
-
-
-def method_of(credentials: Any) -> str:
-    """The login method name used in logs."""
-    return "APOP" if IAPOPCredentials.providedBy(credentials) else "USER"
 
 
 def fingerprint(credentials: Any) -> int:
@@ -302,7 +301,7 @@ class SessionPortal(Portal):
         if not isinstance(mind, LoginAttempts):
             return super().login(credentials, mind, *interfaces)
         user = getattr(credentials, "username", None)
-        method = method_of(credentials)
+        method = mind.method
         if mind.exhausted:
             return defer.fail(LoginRefused("too-many-attempts"))
         # One check at a time per address: a flood from one address holds one thread.

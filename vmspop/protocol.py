@@ -25,7 +25,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer_only
 
-from vmspop import state, wire
+from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.mailbox import BadMessageNumber, UpdateResult, VMSMailbox
 from vmspop.transfer import FileSource, IterSource, StreamStopped, Streamer
@@ -86,6 +86,8 @@ class VMSPOP3(pop3.POP3):
         self._local = False
         self._bad_commands = 0
         self._partial_timer: Any = None
+        self._sasl: sasl.Mechanism | None = None
+        self._sasl_success: Any = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -201,6 +203,11 @@ class VMSPOP3(pop3.POP3):
             (self.transport.pauseProducing if full else self.transport.resumeProducing)()
 
     def _run(self, line: bytes) -> None:
+        if self._sasl is not None:
+            if self.events.trace_enabled:
+                self._trace("C:", b"********")  # SASL responses carry credentials
+            self._hold_for(self._sasl_line(line), "AUTH")
+            return
         if self.events.trace_enabled:
             self._trace("C:", _masked(line))
         try:
@@ -222,9 +229,13 @@ class VMSPOP3(pop3.POP3):
             self.events.failure("{verb} failed", verb=command.verb)
             self._send(wire.err("internal server error", "SYS/TEMP"))
             return
+        self._hold_for(result, command.verb)
+
+    def _hold_for(self, result: Any, verb: str) -> None:
+        """While a command's Deferred runs, later (pipelined) lines wait their turn."""
         if isinstance(result, defer.Deferred):
             self._busy = True
-            result.addErrback(self._unexpected, command.verb)
+            result.addErrback(self._unexpected, verb)
             result.addBoth(self._finished)
 
     def _finished(self, _: Any) -> None:
@@ -310,6 +321,7 @@ class VMSPOP3(pop3.POP3):
                 caps.append("STLS")
             if not self.config.disable_userpass and self._cleartext_refusal() is None:
                 caps.append("USER")
+            caps.append("SASL " + " ".join(m.decode("ascii") for m in self._sasl_mechanisms()))
         # RFC 2449 EXPIRE 0: mail retrieved in this session leaves the maildrop (it moves
         # to MAIL), which is what "leave mail on server" clients must know.
         moves = not (self.config.leave_in_newmail or self.config.use_mail_folder)
@@ -337,7 +349,8 @@ class VMSPOP3(pop3.POP3):
             self._send(wire.err("give USER first"))
             return None
         user, self._user = self._user, None
-        return self._login(UsernamePassword(user, password), user, "Username/password combination ok")
+        return self._login(UsernamePassword(user, password), user, "USER",
+                           "Username/password combination ok")
 
     def do_APOP(self, name: bytes, digest: bytes) -> defer.Deferred | None:
         """Check an APOP digest against the user's POP_SECRET.DAT through the portal."""
@@ -351,11 +364,95 @@ class VMSPOP3(pop3.POP3):
         self._user = None
         assert self.magic is not None
         credentials = APOPCredentials(name, self.magic, digest)
-        return self._login(credentials, name, "Username/secret combination ok")
+        return self._login(credentials, name, "APOP", "Username/secret combination ok")
 
-    def do_AUTH(self, mechanism: bytes | None = None, initial: bytes | None = None) -> None:
-        """No SASL mechanism is offered yet (CAPA lists no SASL)."""
-        self._send(wire.err("no SASL mechanisms are available; use USER/PASS or APOP"))
+    def _sasl_mechanisms(self) -> list[bytes]:
+        """The SASL mechanisms usable now; PLAIN only where USER/PASS would be."""
+        usable = [m for m in sasl.MECHANISMS if m != b"PLAIN"]
+        if self._userpass_refusal() is None:
+            usable.append(b"PLAIN")
+        return usable
+
+    def do_AUTH(self, mechanism: bytes | None = None, initial: bytes | None = None) -> Any:
+        """SASL (RFC 5034): PLAIN against the password file, CRAM-MD5 and SCRAM-SHA-256
+        against the POP_SECRET.DAT shared secret."""
+        usable = self._sasl_mechanisms()
+        if mechanism is None:
+            # The pre-RFC 5034 listing form, still sent by some clients.
+            self._send(wire.multiline(wire.ok("SASL mechanisms follow"), usable))
+            return None
+        name = mechanism.upper()
+        if name not in usable:
+            if name == b"PLAIN":
+                self._send(self._userpass_refusal() or wire.err("PLAIN is not available"))
+            else:
+                self._send(wire.err(f'unrecognized authentication type "{_shown(mechanism)}"'))
+            return None
+        self._sasl = sasl.make_mechanism(name, hostname=self.config.hostname)
+        try:
+            data = None if initial is None else wire.sasl_decode(initial)
+            step = self._sasl.start(data)
+        except (sasl.SASLFailure, ValueError) as e:
+            self._sasl = None
+            self._send(wire.err(f"authentication failed: {e}"))
+            return None
+        return self._sasl_step(step)
+
+    def _sasl_line(self, line: bytes) -> Any:
+        """A client response during a SASL exchange."""
+        mechanism = self._sasl
+        assert mechanism is not None
+        if line == b"*":
+            self._sasl = None
+            self._finish_sasl_success(cancel=True)
+            self._send(wire.err("authentication cancelled"))
+            return None
+        if self._sasl_success is not None:
+            return self._finish_sasl_success(cancel=line != b"")
+        try:
+            step = mechanism.respond(wire.sasl_decode(line))
+        except (sasl.SASLFailure, ValueError) as e:
+            self._sasl = None
+            self._send(wire.err(f"authentication failed: {e}"))
+            return None
+        return self._sasl_step(step)
+
+    def _sasl_step(self, step: sasl.Step) -> Any:
+        mechanism = self._sasl
+        assert mechanism is not None
+        if isinstance(step, sasl.Challenge):
+            self._send(b"+ " + wire.sasl_encode(step.data) + b"\r\n")
+            return None
+        credentials = step.credentials
+        user = getattr(credentials, "username", b"")
+        d = self._login(credentials, user, mechanism.name.decode("ascii"), "authentication successful",
+                        hold=True)
+
+        def logged_in(result: Any) -> None:
+            if result is None:
+                self._sasl = None  # refused; the failure reply is out
+                return
+            extra = mechanism.success()
+            if extra is None:
+                self._sasl = None
+                self._accept(result, "authentication successful")
+            else:
+                # RFC 5034: success data goes out as a last challenge, answered empty.
+                self._sasl_success = result
+                self._send(b"+ " + wire.sasl_encode(extra) + b"\r\n")
+
+        return d.addCallback(logged_in)
+
+    def _finish_sasl_success(self, cancel: bool) -> None:
+        result, self._sasl_success = self._sasl_success, None
+        if result is None:
+            return
+        self._sasl = None
+        if cancel:
+            result[1].logout()
+            self._send(wire.err("authentication cancelled after the server's proof", "AUTH"))
+        else:
+            self._accept(result, "authentication successful")
 
     def _userpass_refusal(self) -> bytes | None:
         if self.config.disable_userpass:
@@ -380,14 +477,26 @@ class VMSPOP3(pop3.POP3):
         self._tls_started = True
         self.transport.startTLS(self.factory.tls.options())
 
-    def _login(self, credentials: Any, user: bytes, success: str) -> defer.Deferred:
+    def _login(self, credentials: Any, user: bytes, method: str, success: str,
+               hold: bool = False) -> defer.Deferred:
+        """Log in through the portal; with ``hold``, fire with the result (None if refused)
+        instead of entering TRANSACTION, for SASL's final exchange."""
         assert self._attempts is not None
+        self._attempts.method = method
         d = self.portal.login(credentials, self._attempts, pop3.IMailbox)
-        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(success,),
+        if hold:
+            return d.addCallbacks(self._held, self._login_failed, errbackArgs=(user,))
+        d.addCallbacks(self._accept, self._login_failed, callbackArgs=(success,),
                        errbackArgs=(user,))
         return d
 
-    def _logged_in(self, result: tuple[Any, VMSMailbox, Any], success: str) -> None:
+    def _held(self, result: tuple[Any, VMSMailbox, Any]) -> Any:
+        if self._closing:
+            result[1].logout()
+            return None
+        return result
+
+    def _accept(self, result: tuple[Any, VMSMailbox, Any], success: str) -> None:
         _, mailbox, _ = result
         if self._closing:
             mailbox.logout()  # the client left while the login ran

@@ -7,6 +7,8 @@ tested exhaustively on its own.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -287,6 +289,28 @@ class LineBuffer:
         """Drop and return any buffered incomplete line."""
         data, self._buffer = self._buffer, b""
         return data
+
+
+# --- SASL (RFC 5034)
+
+
+def sasl_decode(data: bytes) -> bytes:
+    """A client's base64 SASL response; ``=`` alone is an empty initial response.
+
+    Raises:
+        ValueError: not valid base64.
+    """
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise ValueError("the response is not valid base64") from None
+
+
+def sasl_encode(data: bytes) -> bytes:
+    """A server challenge's base64 form (empty data stays empty)."""
+    return base64.b64encode(data)
 
 
 # --- Message body framing
