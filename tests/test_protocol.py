@@ -623,3 +623,16 @@ def test_list_honours_back_pressure(server: Server) -> None:
         assert rest.endswith(b"10 4\r\n.\r\n+OK\r\n")
     finally:
         protocol_module.LINES_PER_BLOCK = old
+
+
+def test_symlinked_folder_is_not_followed(server: Server, tmp_path: Path) -> None:
+    """A NEWMAIL/new that is a symbolic link (maybe out of the mail root) is not served."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "1700000000.M1P1.x").write_bytes(b"Subject: secret\n\nnot yours\n")
+    new = server.store.folder("jones", "NEWMAIL") / "new"
+    new.rmdir()
+    new.symlink_to(outside)
+    client = server.connect()
+    assert client.login().endswith(b"0 messages (0 octets)\r\n")
+    assert "a symbolic link, not served" in server.log.matching("mailbox of user=<jones>: skipped")[0]

@@ -178,3 +178,31 @@ def test_client_that_stops_reading_is_timed_out(reactor: Any, tmp_path: Path) ->
         client.quit()
     finally:
         server.stop()
+
+
+def test_proxy_protocol_client_address(live: Live) -> None:
+    """Behind haproxy: the PROXY header's client address is the one logged and limited."""
+    from twisted.internet import endpoints
+    from twisted.logger import formatEvent, globalLogPublisher
+    endpoint = endpoints.serverFromString(live.reactor, "haproxy:tcp:0:interface=127.0.0.1")
+    port = blockingCallFromThread(live.reactor, endpoint.listen, live.factory)
+    seen: list[str] = []
+    observer = lambda event: seen.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        sock.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 110\r\n")
+        assert sock.recv(1024).startswith(b"+OK POP server")
+        sock.sendall(b"USER jones\r\nPASS wonderland\r\nQUIT\r\n")
+        data = b""
+        while b"signing off" not in data:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        sock.close()
+        time.sleep(0.2)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        blockingCallFromThread(live.reactor, port.stopListening)
+    assert any("login: user=<jones> method=USER rip=203.0.113.9" in line for line in seen), seen

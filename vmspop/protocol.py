@@ -85,6 +85,7 @@ class VMSPOP3(pop3.POP3):
         self._tls_started = False
         self._local = False
         self._bad_commands = 0
+        self._peer_known = False
         self._partial_timer: Any = None
         self._sasl: sasl.Mechanism | None = None
         self._sasl_success: Any = None
@@ -106,10 +107,8 @@ class VMSPOP3(pop3.POP3):
             return
         self._admitted = True
         self._attempts = LoginAttempts(self.config.max_auth_attempts, self.rip, self.session)
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            # Without it the final line of each RETR waits for the client's delayed ACK.
-            set_no_delay(True)
+        # Without it the final line of each RETR waits for the client's delayed ACK.
+        _set_no_delay(self.transport)
         self.magic = self.factory.challenge()
         self.events.connected(rip=self.rip, session=self.session)
         self.setTimeout(self.config.idle_timeout or None)
@@ -153,6 +152,10 @@ class VMSPOP3(pop3.POP3):
         """Split input into lines and run them in order, one at a time (PIPELINING)."""
         if self._closing:
             return
+        if not self._peer_known:
+            self._peer_known = True
+            if not self._learn_proxied_peer():
+                return
         try:
             lines = self._lines.feed(data)
         except wire.LineTooLong:
@@ -165,6 +168,27 @@ class VMSPOP3(pop3.POP3):
             self._pending.append(line)
             self._pending_octets += len(line)
         self._drain()
+
+    def _learn_proxied_peer(self) -> bool:
+        """Behind a PROXY-protocol listener the real client address is known only once the
+        header has been read, i.e. by the first client data; account and log under it."""
+        peer = self.transport.getPeer()
+        rip = getattr(peer, "host", None) or str(peer)
+        if rip == self.rip:
+            return True
+        self.factory.release(self)
+        self.rip = rip
+        self._local = isinstance(peer, UNIXAddress) or _is_loopback(rip)
+        if self._attempts is not None:
+            self._attempts.rip = rip
+        refused = self.factory.admit(self)
+        if refused is None:
+            return True
+        self._admitted = False
+        self.events.refused(rip=self.rip, reason=refused)
+        self._send(wire.err("too many connections from your address; try again later", "SYS/TEMP"))
+        self._close()
+        return False
 
     def _watch_partial_line(self) -> None:
         if self._lines.pending and self._partial_timer is None:
@@ -650,6 +674,16 @@ class VMSPOP3(pop3.POP3):
             self._close()
 
         return d.addCallbacks(updated, failed)
+
+
+def _set_no_delay(transport: Any) -> None:
+    """Set TCP_NODELAY on the TCP connection under any wrappers (PROXY protocol, TLS)."""
+    while transport is not None:
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+            return
+        transport = getattr(transport, "transport", None)
 
 
 def _is_loopback(address: str) -> bool:

@@ -110,6 +110,7 @@ class DeliverySMTP(smtp.ESMTP):
         self._pending: deque[bytes] = deque()
         self._pending_octets = 0
         self._reading_paused = False
+        self._peer_known = False
         self._busy = False
         self._closing = False
         self._recipients: list[str] = []
@@ -169,6 +170,11 @@ class DeliverySMTP(smtp.ESMTP):
         """Split CRLF lines (never bare LF: no end-of-data smuggling) and run them in order."""
         if self._closing:
             return
+        if not self._peer_known:
+            # Behind a PROXY-protocol listener the client's address is known only now.
+            self._peer_known = True
+            peer = self.transport.getPeer()
+            self.rip = getattr(peer, "host", None) or str(peer)
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\r\n")
         if len(self._buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in lines):

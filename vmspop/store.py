@@ -284,8 +284,15 @@ class MailStore:
         maildir = self.folder(user, folder)
         found: dict[str, StoredMessage] = {}
         skipped = problems if problems is not None else []
+        if maildir.is_symlink():
+            # A link could lead anywhere outside the mail root; never follow it.
+            skipped.append(f"{maildir}: a symbolic link, not served")
+            return []
         for sub in ("new", "cur"):
             directory = maildir / sub
+            if directory.is_symlink():
+                skipped.append(f"{directory}: a symbolic link, not served")
+                continue
             try:
                 entries = list(os.scandir(directory))
             except (FileNotFoundError, NotADirectoryError):
@@ -410,7 +417,8 @@ class MailStore:
 
     # -- delivery -----------------------------------------------------------------------
 
-    def deliver(self, users: Iterable[str], source: BinaryIO | Iterable[bytes]) -> list[Path]:
+    def deliver(self, users: Iterable[str], source: BinaryIO | Iterable[bytes], *,
+                arrival: float | None = None) -> list[Path]:
         """Deliver one message into the NEWMAIL of every user, all or nothing.
 
         The message is written (with LF line ends, the Unix Maildir convention) into
@@ -421,6 +429,10 @@ class MailStore:
         Args:
             users: the recipients (normalised names with mail directories).
             source: a binary file or an iterable of byte blocks.
+            arrival: the arrival time (seconds since the epoch, UTC, not before
+                1970) to record in the file name, hence in the UIDL and the
+                folder order; None means now.  ``vmspop import`` passes the
+                VMS arrival date so imported mail keeps its place and its date.
 
         Returns:
             The delivered files, one per user.
@@ -428,14 +440,20 @@ class MailStore:
         Raises:
             NoSuchMailbox: a recipient has no mail directory (checked before writing).
             DeliveryError: the message could not be stored; nothing was delivered.
+            ValueError: ``arrival`` is before 1970: a name cannot record it.
         """
+        if arrival is not None and not arrival >= 0:
+            raise ValueError(f"arrival time {arrival!r} is before 1970")
         recipients = list(dict.fromkeys(users))
         for user in recipients:
             if not self.has_mailbox(user):
                 raise NoSuchMailbox(user)
         blocks = _blocks(source)
-        now = time.time()
-        base = (f"{int(now)}.M{int((now % 1) * 1e6):06d}P{os.getpid()}"
+        now = time.time() if arrival is None else arrival
+        # Rounded, not truncated, to the microsecond the name records: 709506428.08
+        # is 709506428.0799999... in binary and would otherwise be filed as .079999.
+        seconds, micros = divmod(round(now * 1_000_000), 1_000_000)
+        base = (f"{seconds}.M{micros:06d}P{os.getpid()}"
                 f"Q{next(self._counter)}R{secrets.token_hex(4)}.{self._host}")
         pending: list[tuple[Path, int]] = []
         delivered: list[Path] = []
