@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import hmac
 import os
+import pwd
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,8 @@ from vmspop.hashing import UnsupportedHash, dummy_hash, verify_password
 from vmspop.limits import AddressPenalties
 from vmspop.mailbox import open_mailbox
 from vmspop.sasl import ISharedSecretCredentials
-from vmspop.passwd import InvalidUsername, PasswordFile, normalize_username, utc_today
+from vmspop.pam import PAMError, pam_check
+from vmspop.passwd import Account, InvalidUsername, PasswordFile, normalize_username, utc_today
 from vmspop.secretfile import SecretMissing, SecretRejected, read_secret
 from vmspop.store import MailboxLocked, MailStore, NoSuchMailbox
 from vmspop.threads import ThreadRunner
@@ -99,6 +101,7 @@ _FRIENDLY: dict[str, tuple[str, str]] = {
     "disabled": ("SYS/PERM", 'account "{user}" is disabled'),
     "nomail": ("SYS/PERM", 'account "{user}" may not use mail'),
     "expired": ("SYS/PERM", 'account "{user}" has expired'),
+    "password-expired": ("SYS/PERM", 'the password of "{user}" has expired; change it first'),
     "too-many-attempts": ("AUTH", "too many failed logins on this connection"),
 }
 # Replies that reveal nothing a wrong password would not, so secure mode keeps them.
@@ -141,13 +144,17 @@ class AccountChecker:
         run_in_thread: runs a blocking callable off the reactor thread.
         events: where ignored secret files are reported.
         today: the current date (UTC), for account expiry; injectable for tests.
+        pam_service: with ``--auth pam``, the PAM service that checks passwords
+            (and the host's accounts stand in for users missing from the file).
     """
 
     credentialInterfaces = (IUsernamePassword, ISharedSecretCredentials)
 
     def __init__(self, passwords: PasswordFile, store: MailStore, run_in_thread: ThreadRunner,
-                 events: EventLog, today: Callable[[], datetime.date] | None = None) -> None:
+                 events: EventLog, today: Callable[[], datetime.date] | None = None,
+                 pam_service: str | None = None) -> None:
         self.passwords = passwords
+        self.pam_service = pam_service
         self.store = store
         self._run = run_in_thread
         self._events = events
@@ -163,7 +170,7 @@ class AccountChecker:
             name = normalize_username(credentials.username)
         except InvalidUsername:
             name = None
-        account = self.passwords.lookup(name) if name is not None else None
+        account = self._account(name) if name is not None else None
         if shared_secret:
             if account is None:
                 # Do the digest work a known user costs, so timing tells nothing.
@@ -176,18 +183,17 @@ class AccountChecker:
             password = credentials.password
             if isinstance(password, bytes):
                 password = password.decode("utf-8", "surrogateescape")
-            if account is None:
+            if self.pam_service is not None:
+                self._check_pam(name, password)
+                # PAM vouched for the user (it may come from LDAP or another NSS source).
+                account = account or Account(name or "", "")
+            elif account is None:
                 # Spend the time a real verification costs, so timing does not
                 # tell an unknown user from a wrong password.
                 verify_password(dummy_hash(), password)
                 raise LoginRefused("unknown-user")
-            try:
-                if not verify_password(account.password_hash, password):
-                    raise LoginRefused("bad-password")
-            except UnsupportedHash as e:
-                self._events.error("password hash of user=<{user}> unusable: {why}",
-                                   user=account.name, why=str(e))
-                raise LoginRefused("bad-password") from None
+            else:
+                self._check_file(account, password)
         if account.disuser:
             raise LoginRefused("disabled")
         if account.dismail:
@@ -195,6 +201,32 @@ class AccountChecker:
         if account.expired(self._today()):
             raise LoginRefused("expired")
         return account.name.encode("ascii")
+
+    def _account(self, name: str) -> Account | None:
+        account = self.passwords.lookup(name)
+        if account is None and self.pam_service is not None:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                return None
+            account = Account(name, "", uid=entry.pw_uid, gid=entry.pw_gid)
+        return account
+
+    def _check_file(self, account: Account, password: str) -> None:
+        try:
+            if not verify_password(account.password_hash, password):
+                raise LoginRefused("bad-password")
+        except UnsupportedHash as e:
+            self._events.error("password hash of user=<{user}> unusable: {why}",
+                               user=account.name, why=str(e))
+            raise LoginRefused("bad-password") from None
+
+    def _check_pam(self, name: str | None, password: str) -> None:
+        assert self.pam_service is not None
+        try:
+            pam_check(self.pam_service, name or "", password.encode("utf-8", "surrogateescape"))
+        except PAMError as e:
+            raise LoginRefused(e.reason if e.reason in _FRIENDLY else "bad-password") from None
 
     def _secret(self, account: Any) -> bytes:
         owners = {os.stat(self.store.root).st_uid}

@@ -142,6 +142,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trace", "flag", False,
             "log every protocol line (passwords, digests and message bodies masked)",
             vms="TCPIP$POP_TRACE"),
+    Setting("auth", "choice", "file",
+            "where USER/PASS and AUTH PLAIN passwords are checked: file (--passwd) or pam",
+            vms="SYSUAF", choices=("file", "pam")),
+    Setting("pam-service", "str", "vmspop",
+            "PAM service name with --auth pam (/etc/pam.d/NAME)"),
     Setting("tls-cert", "path", None,
             "PEM certificate (and chain) for STLS and SMTP STARTTLS; re-read when it changes"),
     Setting("tls-key", "path", None, "PEM private key of --tls-cert"),
@@ -206,6 +211,8 @@ class ServerConfig:
     send_id_headers: bool = False
     log_level: str = "info"
     trace: bool = False
+    auth: str = "file"
+    pam_service: str = "vmspop"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     require_tls: bool = False
@@ -241,6 +248,10 @@ class ServerConfig:
             found.append("--hostname must be 1-255 printable characters without spaces, <, > or @")
         if not self.pop3:
             found.append("at least one --pop3 endpoint is needed")
+        if self.auth not in ("file", "pam"):
+            found.append("--auth must be file or pam")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.pam_service):
+            found.append("--pam-service must be a plain file name")
         if (self.tls_cert is None) != (self.tls_key is None):
             found.append("--tls-cert and --tls-key go together")
         implicit_tls = any(re.match(r"(haproxy:)?(ssl|tls):", e) for e in self.pop3)

@@ -143,7 +143,8 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
     tls = tls if tls is not None else load_tls(config, events)
     run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
     store = MailStore(config.mail_root, config.hostname)
-    checker = AccountChecker(PasswordFile(config.passwd), store, run, events)
+    checker = AccountChecker(PasswordFile(config.passwd), store, run, events,
+                             pam_service=config.pam_service if config.auth == "pam" else None)
     realm = MailRealm(store, run, use_mail_folder=config.use_mail_folder,
                       leave_in_newmail=config.leave_in_newmail,
                       message_maximum=config.message_maximum,
