@@ -9,6 +9,7 @@
     modify USER [--disabled|--enabled] [--nomail|--mail] [--expires DATE|--no-expiry]
     secret USER
     deliver USER...
+    import USER FILE [rewrite options]
     check
 
 Exit statuses: 0 success, 1 failed (the command ran but could not do its job,
@@ -16,7 +17,10 @@ or ``check`` found a problem), 2 usage error (including bad user names, bad
 dates, conflicting flags, a bad ``--config`` file and a refused secret).
 ``deliver`` uses the sendmail statuses a delivery agent is expected to use:
 67 (EX_NOUSER) unknown user, 75 (EX_TEMPFAIL) temporary failure, 65
-(EX_DATAERR) empty input.
+(EX_DATAERR) empty input.  ``import`` delivers too and uses the same: 67 for
+a user who may not receive mail, 75 when a message cannot be stored (the
+import stops; earlier messages stay), 65 for a file with no messages, and 1
+when it skipped malformed messages or could not read the file.
 
 Everything here blocks; the command never starts a reactor and uses nothing
 from Twisted.  The functions
@@ -41,8 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NoReturn
 
-from vmspop import config, hashing, secretfile
+from vmspop import config, hashing, importer, secretfile
 from vmspop.audit import Audit, Finding, audit
+from vmspop.mail11 import RewriteOptions
 from vmspop.passwd import Account, InvalidUsername, PasswdError, PasswordFile, normalize_username
 from vmspop.store import READ_BLOCK, SECRET_FILE, DeliveryError, MailStore, NoSuchMailbox
 
@@ -137,12 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Administer vmspop: accounts, APOP secrets, local delivery and a store audit.",
-        epilog="Exit status: 0 success, 1 failed, 2 usage error; deliver: 67 unknown user, "
-               "75 temporary failure.",
+        epilog="Exit status: 0 success, 1 failed, 2 usage error; deliver and import: 67 unknown "
+               "user, 75 temporary failure.",
     )
     parser.add_argument("--config", metavar="FILE",
                         help="TOML file of settings keyed by long option name (shared with the "
-                             "server; only mail-root and passwd are used here)")
+                             "server; mail-root, passwd and the import options are used here)")
     parser.add_argument("--mail-root", metavar="DIR",
                         help=f"the mail root (default: {_SETTINGS['mail-root'].default})")
     parser.add_argument("--passwd", metavar="FILE",
@@ -199,6 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     # Validated by the command, not argparse: to a mail transfer agent a bad name is
     # an unknown user (67), not a usage error.
     deliver.add_argument("users", metavar="USER", nargs="+")
+
+    importing = command("import", _cmd_import,
+                        "import a VMS MAIL EXTRACT/ALL file into USER's NEWMAIL, rebuilding "
+                        "RFC 822 headers from the MAIL-11 ones once; rewrite options also "
+                        "come from --config")
+    importing.add_argument("user", metavar="USER", type=_user_arg)
+    importing.add_argument("file", metavar="FILE",
+                           help="the extract file, transferred in text mode")
+    settings = {s.name: s for s in importer.IMPORT_OPTIONS}
+    importing.add_argument("--substitute-domain", metavar="DOMAIN",
+                           help=settings["substitute-domain"].help)
+    importing.add_argument("--hostname", metavar="NAME",
+                           help="the local host name, for the generic form (default: this "
+                                "host's name)")
+    for name in ("decnet-rewrite", "quoted-decnet-rewrite"):
+        importing.add_argument(f"--{name}", type=str.lower, choices=settings[name].choices,
+                               help=f"{settings[name].help} (default: {settings[name].default})")
+    importing.add_argument("--decnet-node", metavar="NODE=HOST", action="append",
+                           help=settings["decnet-node"].help)
+    importing.add_argument("--local-host", metavar="HOST", action="append",
+                           help=settings["local-host"].help)
+    for name in ("personal-name", "ignore-mail11-headers"):
+        importing.add_argument(f"--{name}", action="store_const", const=True,
+                               help=settings[name].help)
 
     command("check", _cmd_check,
             "audit the store: unsafe secret files, ownership, stray files, sizes; "
@@ -642,6 +671,48 @@ def _cmd_deliver(args: argparse.Namespace, ctx: _Context) -> int:
     rest = iter(lambda: stream.read(READ_BLOCK), b"")
     deliver_message(ctx.passwords, ctx.store, recipients, itertools.chain([first], rest))
     return EX_OK
+
+
+def _import_options(args: argparse.Namespace) -> RewriteOptions:
+    """The rewrite options of ``import``: the command line, else ``--config``, else defaults."""
+    try:
+        from_file = config.load_toml(args.config, allowed=_CONFIG_KEYS) if args.config else {}
+        values = {}
+        for setting in importer.IMPORT_OPTIONS:
+            given = getattr(args, setting.attribute)
+            # A list given on the command line replaces the file's whole list, as --pop3 does.
+            values[setting.name] = given if given is not None else from_file.get(setting.name)
+        return importer.rewrite_options(values)
+    except config.ConfigError as e:
+        raise CommandError(EX_USAGE, str(e)) from None
+
+
+def _cmd_import(args: argparse.Namespace, ctx: _Context) -> int:
+    options = _import_options(args)
+    [user] = check_recipients(ctx.passwords, ctx.store, [args.user])  # 67, like deliver
+    progress = importer.Progress(sys.stderr)
+    try:
+        report = importer.import_extract(ctx.store, user, args.file, options,
+                                         warn=lambda line: progress.note(f"{PROG}: {line}"),
+                                         progress=progress)
+    except importer.ImportStopped as e:
+        print(f"{PROG}: {e.report.summary(user, args.file)}")
+        status = {"store": EX_TEMPFAIL, "interrupt": 130}.get(e.cause, EX_FAILED)
+        kept = f"the {e.report.imported} imported stay" if e.report.imported else "none imported"
+        if e.offset < 0:
+            raise CommandError(status, f"{e} after the last message; all were imported") from None
+        rest = f"{args.file}.rest"
+        raise CommandError(status, f"{e}; stopped at message {e.number} ({kept}); to import "
+                                   f"the rest, with the same options, run: "
+                                   f"{importer.resume_command(args.file, e.offset, user, rest)}"
+                           ) from None
+    except OSError as e:
+        raise CommandError(EX_FAILED, f"cannot read {args.file}: {_why(e)}; nothing imported"
+                           ) from None
+    print(f"{PROG}: {report.summary(user, args.file)}")
+    if not report.imported and not report.skipped:
+        raise CommandError(EX_DATAERR, f"{args.file} holds no messages; nothing imported")
+    return EX_FAILED if report.skipped else EX_OK
 
 
 def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
