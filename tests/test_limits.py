@@ -147,3 +147,12 @@ def test_complete_lines_cancel_the_partial_line_timer(tmp_path: Path) -> None:
     assert client.send(b"PA\r\n").startswith(b"+OK")
     s.clock.advance(45)
     assert not client.closed
+
+
+def test_blank_lines_do_not_count_as_invalid_commands(tmp_path: Path) -> None:
+    """Blank lines get -ERR but never end the session (some clients send them as keep-alives)."""
+    s = Server(tmp_path)
+    client = s.connect()
+    for _ in range(20):
+        assert client.command("").startswith(b"-ERR")
+    assert not client.closed

@@ -237,7 +237,10 @@ class VMSPOP3(pop3.POP3):
         try:
             command = wire.parse_command(line)
         except wire.CommandError as e:
-            self._refuse_command(e.text)
+            if line.strip():
+                self._refuse_command(e.text)
+            else:
+                self._send(wire.err(e.text))  # a blank line is noise, not probing
             return
         problem = state.refusal(self.phase, command.verb)
         if problem is not None:
