@@ -206,3 +206,44 @@ def test_proxy_protocol_client_address(live: Live) -> None:
         globalLogPublisher.removeObserver(observer)
         blockingCallFromThread(live.reactor, port.stopListening)
     assert any("login: user=<jones> method=USER rip=203.0.113.9" in line for line in seen), seen
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_limits_over_real_sockets(reactor: Any, tmp_path: Path) -> None:
+    """Per-address cap, overlong line and a stream of invalid commands, each on a real connection."""
+    live = start(reactor, tmp_path, max_sessions_per_ip=2)
+    try:
+        first, second = live.pop(), live.pop()
+        third = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        assert read_until_closed(third).startswith(b"-ERR [SYS/TEMP] too many connections from your address")
+        third.close()
+        first.close()
+        second.close()
+        time.sleep(0.2)
+
+        long_line = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        long_line.recv(1024)
+        long_line.sendall(b"USER " + b"x" * 1000 + b"\r\n")
+        assert read_until_closed(long_line) == b"-ERR line too long; commands are limited to 255 octets\r\n"
+        long_line.close()
+
+        bogus = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        bogus.recv(1024)
+        bogus.sendall(b"HELO x\r\n" * 12)
+        replies = read_until_closed(bogus).split(b"\r\n")
+        assert replies[9].endswith(b"too many invalid commands, closing connection")
+        bogus.close()
+    finally:
+        live.stop()
