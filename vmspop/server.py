@@ -127,6 +127,14 @@ def load_tls(config: ServerConfig, events: EventLog) -> TLSCertificate | None:
                           on_error=lambda text: events.error("{text}", text=text))
 
 
+def _defaults(config: ServerConfig, reactor: Any, events: EventLog | None,
+              run_in_thread: ThreadRunner | None,
+              tls: TLSCertificate | None) -> tuple[EventLog, ThreadRunner, TLSCertificate | None]:
+    events = events if events is not None else EventLog(config.log_level, config.trace)
+    run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
+    return events, run, tls if tls is not None else load_tls(config, events)
+
+
 def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
                       run_in_thread: ThreadRunner | None = None,
                       tls: TLSCertificate | None = None) -> POP3Factory:
@@ -139,9 +147,7 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
         run_in_thread: default: the reactor's thread pool.
         tls: the STLS certificate (default: loaded from ``config``).
     """
-    events = events if events is not None else EventLog(config.log_level, config.trace)
-    tls = tls if tls is not None else load_tls(config, events)
-    run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
+    events, run, tls = _defaults(config, reactor, events, run_in_thread, tls)
     store = MailStore(config.mail_root, config.hostname)
     checker = AccountChecker(PasswordFile(config.passwd), store, run, events,
                              pam_service=config.pam_service if config.auth == "pam" else None)
@@ -167,9 +173,7 @@ def make_smtp_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
         run_in_thread: default: the reactor's thread pool.
         tls: the STARTTLS certificate (default: loaded from ``config``).
     """
-    events = events if events is not None else EventLog(config.log_level, config.trace)
-    run = run_in_thread if run_in_thread is not None else thread_runner(reactor)
-    tls = tls if tls is not None else load_tls(config, events)
+    events, run, tls = _defaults(config, reactor, events, run_in_thread, tls)
     return SMTPFactory(config, MailStore(config.mail_root, config.hostname), PasswordFile(config.passwd),
                        run, reactor, events, tls=tls)
 
