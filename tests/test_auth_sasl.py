@@ -129,8 +129,16 @@ def test_cancel_after_server_proof_logs_nothing_in(server: Server) -> None:
     """A client that answers the server's SCRAM proof with '*' is not logged in, and the lock is free."""
     client = server.connect()
     scram_login(client, b"jones", b"tanstaafl")
-    assert client.command("*").startswith(b"-ERR [AUTH] authentication cancelled")
+    assert client.command("*") == b"-ERR [AUTH] authentication cancelled after the server's proof\r\n"
     assert client.command("STAT").startswith(b"-ERR not logged in")
+    assert server.connect().login().startswith(b"+OK")
+
+
+def test_drop_after_server_proof_frees_the_lock(server: Server) -> None:
+    """A client that vanishes before answering the server's SCRAM proof leaves no lock behind."""
+    client = server.connect()
+    scram_login(client, b"jones", b"tanstaafl")
+    client.drop()
     assert server.connect().login().startswith(b"+OK")
 
 

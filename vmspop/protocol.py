@@ -123,6 +123,9 @@ class VMSPOP3(pop3.POP3):
             self._partial_timer = None
         if self._streamer is not None:
             self._streamer.stopProducing()
+        if self._sasl_success is not None:
+            self._sasl_success[1].logout()  # logged in, but the SASL exchange never finished
+            self._sasl_success = None
         if not self._admitted:
             return
         self.factory.release(self)
@@ -429,13 +432,12 @@ class VMSPOP3(pop3.POP3):
         """A client response during a SASL exchange."""
         mechanism = self._sasl
         assert mechanism is not None
-        if line == b"*":
-            self._sasl = None
-            self._finish_sasl_success(cancel=True)
-            self._send(wire.err("authentication cancelled"))
-            return None
         if self._sasl_success is not None:
             return self._finish_sasl_success(cancel=line != b"")
+        if line == b"*":
+            self._sasl = None
+            self._send(wire.err("authentication cancelled"))
+            return None
         try:
             step = mechanism.respond(wire.sasl_decode(line))
         except (sasl.SASLFailure, ValueError) as e:
@@ -448,7 +450,7 @@ class VMSPOP3(pop3.POP3):
         mechanism = self._sasl
         assert mechanism is not None
         if isinstance(step, sasl.Challenge):
-            self._send(b"+ " + wire.sasl_encode(step.data) + b"\r\n")
+            self._send(wire.sasl_challenge(step.data))
             return None
         credentials = step.credentials
         user = getattr(credentials, "username", b"")
@@ -466,7 +468,7 @@ class VMSPOP3(pop3.POP3):
             else:
                 # RFC 5034: success data goes out as a last challenge, answered empty.
                 self._sasl_success = result
-                self._send(b"+ " + wire.sasl_encode(extra) + b"\r\n")
+                self._send(wire.sasl_challenge(extra))
 
         return d.addCallback(logged_in)
 

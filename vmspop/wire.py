@@ -308,9 +308,9 @@ def sasl_decode(data: bytes) -> bytes:
         raise ValueError("the response is not valid base64") from None
 
 
-def sasl_encode(data: bytes) -> bytes:
-    """A server challenge's base64 form (empty data stays empty)."""
-    return base64.b64encode(data)
+def sasl_challenge(data: bytes) -> bytes:
+    """A server challenge line: ``+ `` and the data in base64 (RFC 5034 section 4)."""
+    return b"+ " + base64.b64encode(data) + CRLF
 
 
 # --- Message body framing
