@@ -176,3 +176,14 @@ def test_curl_sasl(live: Live, mechanism: str, password: str) -> None:
                             capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"Subject: sasl\r\n\r\nhello\r\n"
+
+
+def test_long_sasl_response_is_not_a_long_command(server: Server) -> None:
+    """RFC 5034: a SASL response may exceed the 255-octet command limit."""
+    server.add_user("smith", password="p" * 300)
+    client = server.connect()
+    assert client.command("AUTH PLAIN") == b"+ \r\n"
+    response = b64(b"\0smith\0" + b"p" * 300)
+    assert len(response) > 255
+    assert client.command(response).startswith(b"+OK")
+    assert client.command(b"NOOP " + b"x" * 300).startswith(b"-ERR line too long")  # commands again

@@ -91,3 +91,24 @@ def test_pam_user_needs_a_mailbox(tmp_path: Path, service: str) -> None:
     s = Server(tmp_path, auth="pam", pam_service=service)
     s.store.create_mailbox("jones")  # no password-file entry: a system account
     assert s.connect().login("jones", "system-pw").startswith(b"+OK")
+
+
+def test_pam_only_user_receives_mail_over_smtp(tmp_path: Path, service: str) -> None:
+    """With --auth pam, a host user with a mail directory (no password-file line) gets mail."""
+    from twisted.internet.testing import StringTransport
+
+    from support import run_now
+    from vmspop.events import EventLog
+    from vmspop.server import make_smtp_factory
+    s = Server(tmp_path, auth="pam", pam_service=service)
+    s.store.create_mailbox("jones")
+    factory = make_smtp_factory(s.config, s.clock, events=EventLog("info", False, s.log.logger),
+                                run_in_thread=run_now)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"HELO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<jones@pop.example.com>\r\n"
+                          b"RCPT TO:<nobody@pop.example.com>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\n")
+    replies = transport.value()
+    assert b"550 5.1.1 no such user here: nobody" in replies and b"250 2.0.0 message" in replies
+    assert len(s.files("jones", "NEWMAIL")) == 1

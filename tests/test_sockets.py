@@ -77,12 +77,15 @@ def test_apop_with_login_password_fails(live: Live) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_apop_retrieves_message(live: Live) -> None:
-    """curl (which always picks APOP when the greeting has a timestamp) lists and retrieves."""
+    """curl logs in with the shared secret (SASL CRAM-MD5 from CAPA) and retrieves; APOP when forced."""
     live.store.deliver(["jones"], [MESSAGE])
     url = f"pop3://127.0.0.1:{live.port}/"
     listing = subprocess.run(["curl", "-s", "-u", "jones:tanstaafl", url], capture_output=True,
                              timeout=30, check=True).stdout
     assert listing == b"1 %d\r\n" % len(MESSAGE.replace(b"\n", b"\r\n"))
+    forced = subprocess.run(["curl", "-s", "-u", "jones:tanstaafl", "--login-options", "AUTH=+APOP", url],
+                            capture_output=True, timeout=30, check=True).stdout
+    assert forced == listing
     body = subprocess.run(["curl", "-s", "-u", "jones:tanstaafl", url + "1"], capture_output=True,
                           timeout=30, check=True).stdout
     assert body == MESSAGE.replace(b"\n", b"\r\n")
@@ -246,4 +249,32 @@ def test_limits_over_real_sockets(reactor: Any, tmp_path: Path) -> None:
         assert replies[9].endswith(b"too many invalid commands, closing connection")
         bogus.close()
     finally:
+        live.stop()
+
+
+def test_proxied_connections_count_per_client(reactor: Any, tmp_path: Path) -> None:
+    """Behind haproxy, --max-sessions-per-ip counts the clients' addresses, not the proxy's."""
+    from twisted.internet import endpoints
+    live = start(reactor, tmp_path, max_sessions_per_ip=2)
+    endpoint = endpoints.serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1")
+    port = blockingCallFromThread(reactor, endpoint.listen, live.factory)
+    sockets = []
+
+    def proxied(client: str) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        sockets.append(sock)
+        sock.sendall(b"PROXY TCP4 %s 127.0.0.1 40000 110\r\n" % client.encode())
+        greeting = sock.recv(1024)
+        sock.sendall(b"NOOP\r\n")
+        return greeting + sock.recv(1024)
+
+    try:
+        for client in ("203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1"):
+            assert proxied(client).startswith(b"+OK POP server")  # 4 > 2 through one proxy address
+        refused = proxied("203.0.113.1")
+        assert b"-ERR [SYS/TEMP] too many connections from your address" in refused
+    finally:
+        for sock in sockets:
+            sock.close()
+        blockingCallFromThread(reactor, port.stopListening)
         live.stop()

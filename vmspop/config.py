@@ -117,7 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
             "serve the MAIL folder, moving new mail into it at login",
             vms="TCPIP$POP_USE_MAIL_FOLDER"),
     Setting("disable-userpass", "flag", False,
-            "refuse USER and PASS; only APOP logs in",
+            "refuse USER, PASS and AUTH PLAIN; only the shared secret (APOP, CRAM-MD5, "
+            "SCRAM-SHA-256) logs in",
             vms="TCPIP$POP_DISUSERPASS"),
     Setting("security", "choice", "secure",
             "secure: one generic login failure reply; friendly: say what was wrong",

@@ -89,7 +89,7 @@ def create_demo(data: Path) -> Path:
 
 
 def instructions() -> str:
-    """How to fetch the demo message with poplib (USER/PASS) and curl (APOP)."""
+    """How to fetch the demo message with poplib (USER/PASS) and curl (the shared secret)."""
     poplib_line = (
         f"python3 -c 'import poplib; p = poplib.POP3(\"{HOST}\", {PORT}); "
         f"p.user(\"{DEMO_USER}\"); p.pass_(\"{DEMO_PASSWORD}\"); "
@@ -102,7 +102,8 @@ def instructions() -> str:
         "",
         f"    {poplib_line}",
         "",
-        "or with APOP (curl uses it because the server's greeting carries a timestamp):",
+        "or with the shared secret (curl logs in with SASL CRAM-MD5, or APOP with",
+        "--login-options 'AUTH=+APOP'):",
         "",
         f"    {curl_line}",
         "",

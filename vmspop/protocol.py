@@ -22,6 +22,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ILoggingContext, IProtocol, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.mail import pop3
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper  # no public name for it
 from twisted.python.failure import Failure
 from zope.interface import implementer_only
 
@@ -38,6 +39,9 @@ __all__ = ["VMSPOP3"]
 #: Pipelined input held while a command runs; past this the socket is not read,
 #: so a client cannot make the server buffer without bound (RFC 2449 PIPELINING).
 MAX_PENDING_INPUT = 64 * 1024
+#: RFC 5034 section 4: the 255-octet command limit does not bind SASL responses;
+#: this fits the largest step vmspop's mechanisms accept (sasl.MAX_STEP_OCTETS) in base64.
+MAX_SASL_LINE = 2048
 #: A client sending this many invalid commands in one session is broken or probing;
 #: cut it off rather than answer forever (aiosmtpd's BOGUS_LIMIT, pymap's bad_command_limit).
 MAX_BAD_COMMANDS = 10
@@ -86,8 +90,9 @@ class VMSPOP3(pop3.POP3):
         self._local = False
         self._bad_commands = 0
         self._peer_known = False
+        self._proxied = False
         self._partial_timer: Any = None
-        self._sasl: sasl.Mechanism | None = None
+        self._mechanism: sasl.Mechanism | None = None
         self._sasl_success: Any = None
 
     # -- connection ---------------------------------------------------------------------
@@ -97,7 +102,10 @@ class VMSPOP3(pop3.POP3):
         peer = self.transport.getPeer()
         self.rip = getattr(peer, "host", None) or str(peer)
         self._local = isinstance(peer, UNIXAddress) or _is_loopback(self.rip)
-        refused = self.factory.admit(self)
+        # Behind a PROXY-protocol listener this is the proxy's address: the client's
+        # comes with its first data, and only then is it counted per address.
+        self._proxied = _behind_proxy(self.transport)
+        refused = self.factory.admit(self, None if self._proxied else self.rip)
         if refused is not None:
             self.events.refused(rip=self.rip, reason=refused)
             text = ("too many connections from your address" if refused.endswith("address")
@@ -175,16 +183,14 @@ class VMSPOP3(pop3.POP3):
     def _learn_proxied_peer(self) -> bool:
         """Behind a PROXY-protocol listener the real client address is known only once the
         header has been read, i.e. by the first client data; account and log under it."""
-        peer = self.transport.getPeer()
-        rip = getattr(peer, "host", None) or str(peer)
-        if rip == self.rip:
+        if not self._proxied:
             return True
-        self.factory.release(self)
-        self.rip = rip
-        self._local = isinstance(peer, UNIXAddress) or _is_loopback(rip)
+        peer = self.transport.getPeer()
+        self.rip = getattr(peer, "host", None) or str(peer)
+        self._local = isinstance(peer, UNIXAddress) or _is_loopback(self.rip)
         if self._attempts is not None:
-            self._attempts.rip = rip
-        refused = self.factory.admit(self)
+            self._attempts.rip = self.rip
+        refused = self.factory.admit(self, self.rip)
         if refused is None:
             return True
         self._admitted = False
@@ -395,6 +401,16 @@ class VMSPOP3(pop3.POP3):
         assert self.magic is not None
         credentials = APOPCredentials(name, self.magic, digest)
         return self._login(credentials, name, "APOP", "Username/secret combination ok")
+
+    @property
+    def _sasl(self) -> sasl.Mechanism | None:
+        """The SASL exchange in progress; while there is one, lines are its responses."""
+        return self._mechanism
+
+    @_sasl.setter
+    def _sasl(self, mechanism: sasl.Mechanism | None) -> None:
+        self._mechanism = mechanism
+        self._lines.max_length = wire.MAX_COMMAND_LINE if mechanism is None else MAX_SASL_LINE
 
     def _sasl_mechanisms(self) -> list[bytes]:
         """The SASL mechanisms usable now; PLAIN only where USER/PASS would be."""
@@ -679,6 +695,11 @@ class VMSPOP3(pop3.POP3):
             self._close()
 
         return d.addCallbacks(updated, failed)
+
+
+def _behind_proxy(transport: Any) -> bool:
+    """True for a connection from a PROXY-protocol (haproxy:) listener."""
+    return isinstance(transport, HAProxyProtocolWrapper)
 
 
 def _set_no_delay(transport: Any) -> None:

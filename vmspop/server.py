@@ -36,7 +36,7 @@ from vmspop.threads import ThreadRunner, thread_runner
 from vmspop.tls import TLSCertificate
 from vmspop.transfer import BLOCK_SIZE
 
-__all__ = ["POP3Factory", "make_pop3_factory", "make_service", "make_smtp_factory"]
+__all__ = ["POP3Factory", "load_tls", "make_pop3_factory", "make_service", "make_smtp_factory"]
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
@@ -68,6 +68,7 @@ class POP3Factory(ServerFactory):
         self.started = time.time()
         self.sessions: set[VMSPOP3] = set()
         self._per_address: Counter[str] = Counter()
+        self._counted: dict[VMSPOP3, str | None] = {}
         self.block_size = BLOCK_SIZE
         self._challenges = itertools.count(1)
 
@@ -75,22 +76,31 @@ class POP3Factory(ServerFactory):
         """A new connection's protocol (an instance of :attr:`protocol`, which subclasses may set)."""
         return self.protocol(self)
 
-    def admit(self, session: VMSPOP3) -> str | None:
-        """Count a new connection in, or say why not (``--max-sessions``, ``--max-sessions-per-ip``)."""
+    def admit(self, session: VMSPOP3, address: str | None) -> str | None:
+        """Count a new connection in, or say why not (``--max-sessions``, ``--max-sessions-per-ip``).
+
+        Args:
+            session: the connection.
+            address: its client address, or None while it is not known yet (behind a
+                PROXY-protocol listener, until the header is read).
+        """
         if len(self.sessions) >= self.config.max_sessions:
             return "too-many-sessions"
-        key = address_key(session.rip)
-        if self._per_address[key] >= self.config.max_sessions_per_ip:
+        key = address_key(address) if address is not None else None
+        if key is not None and self._per_address[key] >= self.config.max_sessions_per_ip:
             return "too-many-sessions-from-address"
+        self.release(session)
         self.sessions.add(session)
-        self._per_address[key] += 1
+        self._counted[session] = key
+        if key is not None:
+            self._per_address[key] += 1
         return None
 
     def release(self, session: VMSPOP3) -> None:
         """Count a closed connection out."""
-        if session in self.sessions:
-            self.sessions.discard(session)
-            key = address_key(session.rip)
+        self.sessions.discard(session)
+        key = self._counted.pop(session, None)
+        if key is not None:
             self._per_address[key] -= 1
             if not self._per_address[key]:
                 del self._per_address[key]

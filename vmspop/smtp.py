@@ -250,6 +250,10 @@ class DeliverySMTP(smtp.ESMTP):
             raise _Refused(550, f"5.1.1 no such user here: {local}") from None
         account = self.factory.passwords.lookup(name)
         if account is None:
+            # With --auth pam a user may exist only on the host; a mail directory is
+            # then what makes them a vmspop user.
+            if self.factory.config.auth == "pam" and self.factory.store.has_mailbox(name):
+                return name
             raise _Refused(550, f"5.1.1 no such user here: {name}")
         if account.dismail:
             raise _Refused(550, f"5.2.1 mailbox of {name} is disabled (DISMAIL)")

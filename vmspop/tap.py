@@ -40,7 +40,9 @@ class Options(usage.Options):
     longdesc = (
         "vmspop serves each user's NEWMAIL folder over POP3 with the OpenVMS TCP/IP Services "
         "semantics: at QUIT deleted mail is removed and mail retrieved but not deleted moves "
-        "to MAIL.  Users log in with USER/PASS (password file) or APOP (POP_SECRET.DAT).  "
+        "to MAIL.  Users log in with USER/PASS or AUTH PLAIN (password file or PAM), or with "
+        "the shared secret in POP_SECRET.DAT (APOP, AUTH CRAM-MD5, AUTH SCRAM-SHA-256); mail "
+        "arrives over SMTP, `vmspop deliver` or any Maildir agent.  "
         "Endpoints are Twisted endpoint strings such as tcp:110 or unix:/run/vmspop.sock."
     )
     optFlags = [[s.name, None, _describe(s)] for s in SETTINGS if s.kind == "flag"]
