@@ -636,3 +636,11 @@ def test_symlinked_folder_is_not_followed(server: Server, tmp_path: Path) -> Non
     client = server.connect()
     assert client.login().endswith(b"0 messages (0 octets)\r\n")
     assert "a symbolic link, not served" in server.log.matching("mailbox of user=<jones>: skipped")[0]
+
+
+def test_hundreds_of_pipelined_listings(server: Server) -> None:
+    """Pipelined commands whose answers are ready at once do not nest (no RecursionError)."""
+    client = server.connect()
+    client.login()
+    reply = b"+OK 0 messages (0 octets)\r\n.\r\n"
+    assert client.send(b"LIST\r\n" * 3000 + b"NOOP\r\n") == reply * 3000 + b"+OK\r\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from zope.interface import implementer_only
 from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.mailbox import BadMessageNumber, UpdateResult, VMSMailbox
+from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, StreamStopped, Streamer
 
 if TYPE_CHECKING:
@@ -75,10 +75,7 @@ class VMSPOP3(pop3.POP3):
         self.mbox: VMSMailbox | None = None
         self.rip = "-"
         self._lines = wire.LineBuffer()
-        self._pending: deque[bytes] = deque()
-        self._pending_octets = 0
-        self._reading_paused = False
-        self._busy = False
+        self._queue = LineQueue(self._run, lambda: self.transport, MAX_PENDING_INPUT)
         self._closing = False
         self._admitted = False
         self._user: bytes | None = None
@@ -125,7 +122,7 @@ class VMSPOP3(pop3.POP3):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Drop the session: without a completed QUIT nothing in the mailbox changes."""
         self.setTimeout(None)
-        self._closing = True
+        self._closing = self._queue.closed = True
         if self._partial_timer is not None:
             self._partial_timer.cancel()
             self._partial_timer = None
@@ -137,6 +134,7 @@ class VMSPOP3(pop3.POP3):
         if not self._admitted:
             return
         self.factory.release(self)
+        self.factory.stats.session_ended(self._why)
         if self.phase == state.UPDATE:
             return  # the update runs to its end and then releases the lock
         if self.mbox is not None:
@@ -175,10 +173,7 @@ class VMSPOP3(pop3.POP3):
             self._close()
             return
         self._watch_partial_line()
-        for line in lines:
-            self._pending.append(line)
-            self._pending_octets += len(line)
-        self._drain()
+        self._queue.add(lines)
 
     def _learn_proxied_peer(self) -> bool:
         """Behind a PROXY-protocol listener the real client address is known only once the
@@ -221,21 +216,9 @@ class VMSPOP3(pop3.POP3):
         else:
             self._send(wire.err(text))
 
-    def _drain(self) -> None:
-        while self._pending and not self._busy and not self._closing:
-            line = self._pending.popleft()
-            self._pending_octets -= len(line)
-            self.resetTimeout()
-            self._run(line)
-        self._throttle_input()
-
-    def _throttle_input(self) -> None:
-        full = self._pending_octets > MAX_PENDING_INPUT
-        if full != self._reading_paused and not self._closing:
-            self._reading_paused = full
-            (self.transport.pauseProducing if full else self.transport.resumeProducing)()
 
     def _run(self, line: bytes) -> None:
+        self.resetTimeout()
         if self._sasl is not None:
             if self.events.trace_enabled:
                 self._trace("C:", b"********")  # SASL responses carry credentials
@@ -270,13 +253,9 @@ class VMSPOP3(pop3.POP3):
     def _hold_for(self, result: Any, verb: str) -> None:
         """While a command's Deferred runs, later (pipelined) lines wait their turn."""
         if isinstance(result, defer.Deferred):
-            self._busy = True
+            self._queue.hold()
             result.addErrback(self._unexpected, verb)
-            result.addBoth(self._finished)
-
-    def _finished(self, _: Any) -> None:
-        self._busy = False
-        self._drain()
+            result.addBoth(self._queue.release)
 
     def _unexpected(self, failure: Failure, verb: str) -> None:
         if failure.check(StreamStopped):
@@ -296,7 +275,7 @@ class VMSPOP3(pop3.POP3):
                           line=line.decode("ascii", "backslashreplace"))
 
     def _close(self) -> None:
-        self._closing = True
+        self._closing = self._queue.closed = True
         self.transport.loseConnection()
 
     def _stream(self, read: Any, close: Any, transform: Any, finish: Any) -> defer.Deferred:
@@ -515,8 +494,7 @@ class VMSPOP3(pop3.POP3):
         self._send(wire.ok("Begin TLS negotiation"))
         # Commands sent in clear behind STLS must not run as if they came over TLS
         # (the STARTTLS command injection of CVE-2011-0411 and its kin).
-        self._pending.clear()
-        self._pending_octets = 0
+        self._queue.clear()
         self._lines.clear()
         self._user = None
         self._tls_started = True
@@ -561,6 +539,7 @@ class VMSPOP3(pop3.POP3):
             self.events.failure("login failed unexpectedly", failure=failure)
             self._send(wire.err("temporary server error; try again later", "SYS/TEMP"))
             return
+        self.factory.stats.auth_failures += 1
         reason = failure.value.reason if isinstance(failure.value, LoginRefused) else "bad-credentials"
         code, text = refusal_reply(reason, _shown(user), self.config.security)
         if self._attempts.exhausted:
@@ -636,6 +615,7 @@ class VMSPOP3(pop3.POP3):
                 mbox.mark_retrieved(index)
                 self._stats["retr"] += 1
                 self._stats["retr_octets"] += mbox.size(message)
+                self.factory.stats.retrieved(mbox.size(message))
             else:
                 self._stats["top"] += 1
 
@@ -646,6 +626,26 @@ class VMSPOP3(pop3.POP3):
             self._send(wire.err(f"message {number} is no longer available", "SYS/TEMP"))
 
         return source.open().addCallbacks(opened, unreadable)
+
+    def do_XTND(self, verb: bytes, rest: bytes | None = None) -> None:
+        """The OpenVMS extensions: ``XTND STATS`` for the accounts in ``--stats-users``."""
+        if verb.upper() != b"STATS":
+            self._send(wire.err(f'unknown XTND command "{_shown(verb)}"; vmspop offers XTND STATS'))
+            return
+        assert self.mbox is not None
+        if self.mbox.user not in self.factory.stats_users:
+            self._send(wire.err("XTND STATS is for the accounts in --stats-users", "SYS/PERM"))
+            return
+        lines = self.factory.report()
+        self._send(wire.multiline(wire.ok("Statistics follow"), (line.encode() for line in lines)))
+
+    def shutdown(self) -> bool:
+        """Cut this session for a server shutdown; False while its QUIT update runs."""
+        if self.phase == state.UPDATE:
+            return False
+        self._why = "shutdown"
+        self.transport.abortConnection()
+        return True
 
     def do_DELE(self, number: int) -> None:
         """Mark a message deleted; it is removed only at QUIT."""
@@ -672,7 +672,8 @@ class VMSPOP3(pop3.POP3):
             self._close()
             return None
         self.phase = state.UPDATE
-        self._pending.clear()
+        self._why = "quit"
+        self._queue.clear()
         mbox = self.mbox
         deleted_octets = sum(mbox.size(mbox.messages[i]) for i in mbox.deleted)
         d = mbox.sync()

@@ -17,7 +17,6 @@ import errno
 import secrets
 import tempfile
 import time
-from collections import deque
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 
 from vmspop._version import __version__
 from vmspop.passwd import InvalidUsername, PasswordFile, normalize_username
+from vmspop.pipeline import LineQueue
 from vmspop.store import DeliveryError, MailStore, NoSuchMailbox
 
 if TYPE_CHECKING:
@@ -82,6 +82,11 @@ class SMTPFactory(ServerFactory):
         self.sessions: set[DeliverySMTP] = set()
         self.domains = {d.lower() for d in (config.hostname, *config.local_domain)}
 
+    def cut(self, session: DeliverySMTP) -> bool:
+        """Close a session at shutdown (a message not yet acknowledged will be re-sent)."""
+        session.transport.abortConnection()
+        return True
+
     def buildProtocol(self, addr: Any) -> DeliverySMTP:
         """A new connection's protocol."""
         return DeliverySMTP(self)
@@ -107,11 +112,8 @@ class DeliverySMTP(smtp.ESMTP):
         self.callLater = factory.clock.callLater  # TimeoutMixin: no global reactor
         self.rip = "-"
         self._buffer = b""
-        self._pending: deque[bytes] = deque()
-        self._pending_octets = 0
-        self._reading_paused = False
+        self._queue = LineQueue(self.lineReceived, lambda: self.transport, MAX_PENDING_INPUT)
         self._peer_known = False
-        self._busy = False
         self._closing = False
         self._recipients: list[str] = []
         self._envelope: tuple[smtp.Address, list[str]] | None = None
@@ -129,7 +131,7 @@ class DeliverySMTP(smtp.ESMTP):
         if len(self.factory.sessions) >= self.factory.max_sessions:
             self.sendCode(421, b"4.7.0 " + self.host + b" too many connections, try again later")
             self.factory.events.refused(rip=self.rip, reason="too-many-smtp-sessions")
-            self._closing = True
+            self._closing = self._queue.closed = True
             self.transport.loseConnection()
             return
         self.factory.sessions.add(self)
@@ -143,7 +145,7 @@ class DeliverySMTP(smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Forget a message in progress: nothing of it was stored."""
-        self._closing = True
+        self._closing = self._queue.closed = True
         self._discard()
         self.factory.sessions.discard(self)
         self.setTimeout(None)
@@ -151,7 +153,7 @@ class DeliverySMTP(smtp.ESMTP):
     def timeoutConnection(self) -> None:
         """Idle too long: 421 and close, dropping any unfinished message."""
         self.sendCode(421, b"4.4.2 " + self.host + b" idle too long, closing connection")
-        self._closing = True
+        self._closing = self._queue.closed = True
         self.transport.loseConnection()
 
     def extensions(self) -> dict[bytes, list[bytes] | None]:
@@ -179,24 +181,11 @@ class DeliverySMTP(smtp.ESMTP):
         *lines, self._buffer = self._buffer.split(b"\r\n")
         if len(self._buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in lines):
             self.sendCode(500, b"5.5.2 line too long; closing connection")
-            self._closing = True
+            self._closing = self._queue.closed = True
             self._discard()
             self.transport.loseConnection()
             return
-        for line in lines:
-            self._pending.append(line)
-            self._pending_octets += len(line)
-        self._drain()
-
-    def _drain(self) -> None:
-        while self._pending and not self._busy and not self._closing:
-            line = self._pending.popleft()
-            self._pending_octets -= len(line)
-            self.lineReceived(line)
-        full = self._pending_octets > MAX_PENDING_INPUT
-        if full != self._reading_paused and not self._closing:
-            self._reading_paused = full
-            (self.transport.pauseProducing if full else self.transport.resumeProducing)()
+        self._queue.add(lines)
 
     # -- envelope -----------------------------------------------------------------------
 
@@ -266,8 +255,7 @@ class DeliverySMTP(smtp.ESMTP):
         """STARTTLS (RFC 3207): discard what was pipelined behind it, and start over."""
         if self.ctx is not None and self.canStartTLS and not self.startedTLS:
             # Clear-text commands behind STARTTLS must not run as if sent over TLS.
-            self._pending.clear()
-            self._pending_octets = 0
+            self._queue.clear()
             self._buffer = b""
             self._helo = (None, self.rip.encode("ascii", "replace"))
             self._from, self._to, self._recipients = None, [], []
@@ -342,7 +330,7 @@ class DeliverySMTP(smtp.ESMTP):
                           % self.factory.config.max_message_size)
             return
         spool.seek(0)
-        self._busy = True
+        self._queue.hold()
         started = time.monotonic()
         d = self.factory.run_in_thread(self.factory.store.deliver, recipients, spool)
 
@@ -369,8 +357,7 @@ class DeliverySMTP(smtp.ESMTP):
 
         def done(_: Any) -> None:
             spool.close()
-            self._busy = False
-            self._drain()
+            self._queue.release()
 
         d.addCallbacks(delivered, failed).addBoth(done)
 
