@@ -54,6 +54,9 @@ DEFAULT_MAX_AUTH_ATTEMPTS = 2
 DEFAULT_AUTH_FAILURE_DELAY = 2.0
 #: TCPIP$POP_MESSAGE_MAXIMUM accepted 0-65535.
 MAX_MESSAGE_MAXIMUM = 65535
+#: Long enough for a client to finish a normal download and QUIT, short enough for
+#: systemd's default 90 s stop timeout.
+DEFAULT_SHUTDOWN_GRACE = 30.0
 #: A failure delay longer than this only ties up connection slots; clients time out first.
 MAX_AUTH_FAILURE_DELAY = 60.0
 #: RFC 1035 limit for a domain name; it also keeps the greeting within 512 octets.
@@ -155,6 +158,11 @@ SETTINGS: tuple[Setting, ...] = (
             "refuse USER, PASS, APOP and AUTH PLAIN until the session is encrypted"),
     Setting("allow-loopback-plaintext", "flag", False,
             "with --require-tls, still allow clear-text logins from 127.0.0.0/8 and ::1"),
+    Setting("stats-users", "list", (),
+            "accounts allowed to run XTND STATS (repeatable)"),
+    Setting("shutdown-grace", "float", DEFAULT_SHUTDOWN_GRACE,
+            "seconds sessions may go on after SIGTERM before they are closed without update; "
+            "the OpenVMS XTND SHUTDOWN drain"),
     Setting("max-auth-attempts", "int", DEFAULT_MAX_AUTH_ATTEMPTS,
             "failed logins allowed per connection before it is closed"),
     Setting("auth-failure-delay", "float", DEFAULT_AUTH_FAILURE_DELAY,
@@ -218,6 +226,8 @@ class ServerConfig:
     tls_key: Path | None = None
     require_tls: bool = False
     allow_loopback_plaintext: bool = False
+    stats_users: tuple[str, ...] = ()
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_auth_attempts: int = DEFAULT_MAX_AUTH_ATTEMPTS
     auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY
 
@@ -240,6 +250,8 @@ class ServerConfig:
             found.append("--max-sessions-per-ip must be at least 1")
         if not 0 <= self.message_maximum <= MAX_MESSAGE_MAXIMUM:
             found.append(f"--message-maximum must be between 0 and {MAX_MESSAGE_MAXIMUM}")
+        if not self.shutdown_grace >= 0:
+            found.append("--shutdown-grace must be 0 or a positive number of seconds")
         if self.max_auth_attempts < 1:
             found.append("--max-auth-attempts must be at least 1")
         if not 0 <= self.auth_failure_delay <= MAX_AUTH_FAILURE_DELAY:

@@ -118,6 +118,12 @@ class EventLog:
         if self._on("error"):
             self.log.warn("mailbox of user=<{user}>: skipped {problem}", user=safe(user), problem=problem)
 
+    def statistics(self, lines: list[str]) -> None:
+        """The XTND STATS figures, as one log line (at shutdown)."""
+        if self._on("info"):
+            self.log.info("statistics: {figures}", figures="; ".join(
+                line.replace(" : ", "=") for line in lines if " : " in line))
+
     # -- session and debug --------------------------------------------------------------
 
     def snapshot(self, *, user: str, session: str, folder: str, messages: int, octets: int) -> None:

@@ -26,11 +26,13 @@ from twisted.internet.protocol import ServerFactory
 from vmspop._version import __version__
 from vmspop.auth import AccountChecker, MailRealm, SessionPortal
 from vmspop.config import ServerConfig
+from vmspop.drain import DrainService
 from vmspop.events import EventLog
 from vmspop.limits import address_key
 from vmspop.passwd import PasswordFile
 from vmspop.protocol import VMSPOP3
 from vmspop.smtp import SMTPFactory
+from vmspop.stats import ServerStats
 from vmspop.store import MailStore
 from vmspop.threads import ThreadRunner, thread_runner
 from vmspop.tls import TLSCertificate
@@ -66,6 +68,8 @@ class POP3Factory(ServerFactory):
         self.events = events
         self.implementation = f"vmspop-{__version__}"
         self.started = time.time()
+        self.stats = ServerStats(started=self.started)
+        self.stats_users = frozenset(u.lower() for u in config.stats_users)
         self.sessions: set[VMSPOP3] = set()
         self._per_address: Counter[str] = Counter()
         self._counted: dict[VMSPOP3, str | None] = {}
@@ -84,17 +88,37 @@ class POP3Factory(ServerFactory):
             address: its client address, or None while it is not known yet (behind a
                 PROXY-protocol listener, until the header is read).
         """
-        if len(self.sessions) >= self.config.max_sessions:
-            return "too-many-sessions"
+        refused = self._refusal(session, address)
+        if refused is not None:
+            self.stats.refused_sessions += 1
+            return refused
         key = address_key(address) if address is not None else None
-        if key is not None and self._per_address[key] >= self.config.max_sessions_per_ip:
-            return "too-many-sessions-from-address"
+        if session not in self.sessions:
+            self.stats.session_started(len(self.sessions) + 1)
         self.release(session)
         self.sessions.add(session)
         self._counted[session] = key
         if key is not None:
             self._per_address[key] += 1
         return None
+
+    def _refusal(self, session: VMSPOP3, address: str | None) -> str | None:
+        if session not in self.sessions and len(self.sessions) >= self.config.max_sessions:
+            return "too-many-sessions"
+        key = address_key(address) if address is not None else None
+        if key is not None and self._per_address[key] >= self.config.max_sessions_per_ip:
+            return "too-many-sessions-from-address"
+        return None
+
+    def cut(self, session: VMSPOP3) -> bool:
+        """Close a session at shutdown; one in its QUIT update is let finish."""
+        return session.shutdown()
+
+    def report(self) -> list[str]:
+        """The ``XTND STATS`` lines."""
+        users = sorted(s.mbox.user for s in self.sessions if s.mbox is not None)
+        return self.stats.report(version=__version__, log_level=self.config.log_level,
+                                 current_sessions=len(self.sessions), current_users=users)
 
     def release(self, session: VMSPOP3) -> None:
         """Count a closed connection out."""
@@ -199,9 +223,17 @@ def make_service(config: ServerConfig, reactor: Any) -> MultiService:
     tls = load_tls(config, events)
     pop3_factory = make_pop3_factory(config, reactor, events, tls=tls)  # one factory: one session count
     listeners: list[tuple[str, ServerFactory]] = [(d, pop3_factory) for d in config.pop3]
+    drained: list[Any] = [pop3_factory]
     if not config.no_smtp:
         smtp_factory = make_smtp_factory(config, reactor, events, tls=tls)
         listeners += [(description, smtp_factory) for description in config.smtp]
+        drained.append(smtp_factory)
+
+    def log_statistics() -> None:
+        events.statistics(pop3_factory.report())
+
+    # Added first, so stopped last: the listeners close, then the sessions drain.
+    DrainService(drained, reactor, config.shutdown_grace, events, log_statistics).setServiceParent(top)
     for description, factory in listeners:
         endpoint = endpoints.serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, factory).setServiceParent(top)

@@ -16,8 +16,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # RFC 1939 section 4, RFC 2449 (CAPA), RFC 2595 (STLS), RFC 5034 (AUTH).
     AUTHORIZATION: frozenset({"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "QUIT"}),
     # RFC 1939 section 5, plus the optional TOP and UIDL (section 7) and CAPA.
+    # XTND: the OpenVMS server's extension verbs (XTND STATS), after login.
     TRANSACTION: frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET",
-                            "CAPA", "QUIT"}),
+                            "CAPA", "QUIT", "XTND"}),
     # Once QUIT has started the update nothing more is read.
     UPDATE: frozenset(),
 }

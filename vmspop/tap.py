@@ -7,7 +7,7 @@ file is read first; options given on the command line override it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import IService
@@ -57,18 +57,6 @@ class Options(usage.Options):
                 self[setting.name] = []
         self._from_file: dict[str, Any] = {}
 
-    def opt_pop3(self, description: str) -> None:
-        self["pop3"].append(description)
-
-    def opt_smtp(self, description: str) -> None:
-        self["smtp"].append(description)
-
-    def opt_local_domain(self, domain: str) -> None:
-        self["local-domain"].append(domain)
-
-    opt_pop3.__doc__ = _describe(next(s for s in SETTINGS if s.name == "pop3"))
-    opt_smtp.__doc__ = _describe(next(s for s in SETTINGS if s.name == "smtp"))
-    opt_local_domain.__doc__ = _describe(next(s for s in SETTINGS if s.name == "local-domain"))
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse the command line; ``--config`` is read first so the command line wins."""
@@ -102,6 +90,20 @@ class Options(usage.Options):
                 TLSCertificate(self.config.tls_cert, self.config.tls_key)  # fail now, not at STLS
         except (ConfigError, TLSError, TypeError) as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _repeatable(setting: Setting) -> Callable[[Options, str], None]:
+    def option(self: Options, value: str) -> None:
+        self[setting.name].append(value)
+
+    option.__doc__ = _describe(setting)
+    return option
+
+
+# usage.Options finds opt_* methods by name: one per repeatable setting (--pop3, --smtp, ...).
+for _setting in SETTINGS:
+    if _setting.kind == "list":
+        setattr(Options, "opt_" + _setting.attribute, _repeatable(_setting))
 
 
 def _config_path(argv: list[str] | None) -> str | None:
