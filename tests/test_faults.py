@@ -1,0 +1,143 @@
+"""Fault injection: SIGKILL a real server in the middle of QUIT updates, and check nothing is lost.
+
+Each round starts ``twistd vmspop`` on a fresh store of many messages, marks half
+of them deleted and the other half retrieved, sends QUIT, and kills the server
+with SIGKILL after a random delay, so the kill lands before, during or after the
+update.  Afterwards every message must be in exactly one of NEWMAIL and MAIL, or
+gone only if it was DELE'd; no file may be half-written; and a new server must
+serve the user at once (no stale lock).  ``VMSPOP_FAULT_ROUNDS`` sets the number
+of rounds (default 8, for CI time; run thousands by hand).
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vmspop.passwd import Account, PasswordFile
+from vmspop.store import MAIL, NEWMAIL, MailStore, parse_name
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = int(os.environ.get("VMSPOP_FAULT_ROUNDS", "8"))
+MESSAGES = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(tmp: Path, port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "--logfile=/dev/null",
+         "vmspop", "--mail-root", str(tmp / "mail"), "--passwd", str(tmp / "passwd"), "--no-smtp",
+         "--auth-failure-delay", "0", "--pop3", f"tcp:{port}:interface=127.0.0.1"],
+        cwd=tmp, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("twistd did not start")
+
+
+def files(store: MailStore) -> dict[str, list[str]]:
+    """base name -> folders holding a file with that base."""
+    found: dict[str, list[str]] = {}
+    for folder in (NEWMAIL, MAIL):
+        for sub in ("new", "cur", "tmp"):
+            directory = store.folder("jones", folder) / sub
+            for name in os.listdir(directory):
+                parts = parse_name(name)
+                assert parts is not None, name
+                found.setdefault(parts[0], []).append(f"{folder}/{sub}")
+    return found
+
+
+def one_round(tmp: Path, rng: random.Random) -> str:
+    tmp.mkdir()
+    PasswordFile(tmp / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
+    store = MailStore(tmp / "mail")
+    store.create_mailbox("jones")
+    bodies = {}
+    for i in range(MESSAGES):
+        body = b"Subject: m%d\n\n%s\n" % (i, b"x" * rng.randrange(0, 2000))
+        [path] = store.deliver(["jones"], [body])
+        bodies[parse_name(path.name)[0]] = body  # type: ignore[index]
+    port = free_port()
+    server = start(tmp, port)
+    try:
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        client.user("jones")
+        client.pass_("wonderland")
+        uids = {int(n): uid for n, uid in (line.split() for line in client.uidl()[1])}
+        deleted = set(rng.sample(sorted(uids), MESSAGES // 2))
+        retrieved = set(uids) - deleted
+        for number in sorted(deleted):
+            client._shortcmd(f"DELE {number}")
+        for number in sorted(retrieved):
+            client.retr(number)
+        client.sock.sendall(b"QUIT\r\n")
+        time.sleep(rng.uniform(0.0, 0.025))
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        client.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+    # Map UIDLs back to bases through a scan (the UIDL derives from the base, stable everywhere).
+    by_uid = {m.uid.encode(): m.base for folder in (NEWMAIL, MAIL) for m in store.scan("jones", folder)}
+    placed = files(store)
+    outcome = "before"
+    moved = sum(1 for folders in placed.values() if folders[0].startswith(MAIL))
+    gone = MESSAGES - len(placed)
+    if moved or gone:
+        outcome = "during" if (moved < len(retrieved) or gone < len(deleted)) else "after"
+    for base, folders in placed.items():
+        assert len(folders) == 1, f"{base} is in {folders}: duplicated"
+        assert not folders[0].endswith("tmp"), f"{base} left in {folders[0]}"
+    for number, uid in uids.items():
+        base = by_uid.get(uid)
+        if number in deleted:
+            assert base is None or placed[base][0].startswith(NEWMAIL), f"deleted {number} moved"
+        else:
+            assert base is not None, f"message {number} was retrieved, not deleted, and is gone"
+    for base, folders in placed.items():
+        folder, sub = folders[0].split("/")
+        [name] = [n for n in os.listdir(store.folder("jones", folder) / sub) if n.startswith(base)]
+        stored = (store.folder("jones", folder) / sub / name).read_bytes()
+        assert stored == bodies[base], f"{name} changed"
+
+    # A new server serves the user at once: the lock died with the killed process.
+    port = free_port()
+    server = start(tmp, port)
+    try:
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        client.user("jones")
+        assert client.pass_("wonderland").startswith(b"+OK")
+        client.quit()
+    finally:
+        server.terminate()
+        server.wait(10)
+    return outcome
+
+
+def test_sigkill_during_quit_updates(tmp_path: Path) -> None:
+    """SIGKILL at random points of QUIT updates never loses, duplicates or half-writes a message."""
+    rng = random.Random(int(os.environ.get("VMSPOP_FAULT_SEED", "1926")))
+    outcomes = [one_round(tmp_path / f"round{i}", rng) for i in range(ROUNDS)]
+    # Where the kill landed varies with the machine's speed; measured here, about 4 in 5
+    # rounds hit the update itself.  Each round's checks are the assertions that matter.
+    print("kill landed:", {k: outcomes.count(k) for k in sorted(set(outcomes))})
