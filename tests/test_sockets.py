@@ -6,6 +6,7 @@ The server runs on Twisted's reactor in a background thread (tests/live.py).
 from __future__ import annotations
 
 import hashlib
+import os
 import poplib
 import shutil
 import socket
@@ -278,3 +279,36 @@ def test_proxied_connections_count_per_client(reactor: Any, tmp_path: Path) -> N
             sock.close()
         blockingCallFromThread(reactor, port.stopListening)
         live.stop()
+
+
+def test_no_descriptor_leak_after_clients_vanish_mid_retr(live: Live) -> None:
+    """Hundreds of clients that disconnect in the middle of a RETR leave no open descriptor behind."""
+    live.store.deliver(["jones"], [b"Subject: big\n\n" + b"y" * (2 * 1024 * 1024) + b"\n"])
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    warm = live.pop()  # first use opens the reactor's thread pool and the like
+    warm.user("jones")
+    warm.pass_("wonderland")
+    warm.quit()
+    time.sleep(0.2)
+    before = descriptors()
+    cut_mid_message = 0
+    for _ in range(300):
+        sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        sock.recv(1024)
+        sock.sendall(b"USER jones\r\nPASS wonderland\r\nRETR 1\r\n")
+        received = b""
+        while len(received) < 200_000 and b"-ERR" not in received[:300]:
+            received += sock.recv(65536)
+        cut_mid_message += len(received) >= 200_000  # else the previous session still held the lock
+        sock.close()
+    assert cut_mid_message > 250
+    deadline = time.monotonic() + 20
+    while live.factory.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert not live.factory.sessions
+    assert descriptors() <= before
+    assert len(folder_names(live.store, "NEWMAIL")) == 1  # none of them QUIT: nothing moved
