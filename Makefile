@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA := vmspop-data
 STAMP := $(VENV)/.installed
 
-.PHONY: run test interop clean
+.PHONY: run test interop bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP)
 ## interop: checks against real third-party clients and Dovecot (needs Debian packages; see docs/testing.md)
 interop: $(STAMP)
 	$(BIN)/python -m pytest -q -m interop
+
+## bench: compare vmspop with Dovecot, stock Twisted and the loopback ceiling (about 7 minutes;
+## BENCH_ARGS=--quick for a short run); prints a table, writes docs/performance.png
+bench: $(STAMP)
+	$(BIN)/pip install --quiet matplotlib || echo "matplotlib could not be installed: no chart"
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
