@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA := vmspop-data
 STAMP := $(VENV)/.installed
 
-.PHONY: run test interop bench clean
+.PHONY: run test interop bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ interop: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet matplotlib || echo "matplotlib could not be installed: no chart"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+## fuzz: coverage-guided fuzzing (atheris) of the command parser and the MAIL-11 importer,
+## FUZZ_SECONDS each (default 60); new corpus entries land in fuzz/corpus/ (commit them)
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet atheris
+	$(BIN)/python fuzz/fuzz_commands.py fuzz/corpus/commands -max_total_time=$(FUZZ_SECONDS)
+	$(BIN)/python fuzz/fuzz_mail11.py fuzz/corpus/mail11 -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
