@@ -18,8 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from vmspop.passwd import Account, PasswordFile
 from vmspop.store import MAIL, NEWMAIL, MailStore, parse_name
@@ -141,3 +143,61 @@ def test_sigkill_during_quit_updates(tmp_path: Path) -> None:
     # Where the kill landed varies with the machine's speed; measured here, about 4 in 5
     # rounds hit the update itself.  Each round's checks are the assertions that matter.
     print("kill landed:", {k: outcomes.count(k) for k in sorted(set(outcomes))})
+
+
+def feed(pipe: Any, data: bytes) -> None:
+    try:
+        for start in range(0, len(data), 65536):
+            pipe.write(data[start:start + 65536])
+    except (BrokenPipeError, ValueError):
+        pass  # the reader was killed
+    finally:
+        try:
+            pipe.close()
+        except BrokenPipeError:
+            pass
+
+
+def test_sigkill_during_deliver(tmp_path: Path) -> None:
+    """A `vmspop deliver` killed at any point leaves the message whole in new/ or not at all;
+    its tmp/ leftover is removed by the next login once it is 36 hours old."""
+    rng = random.Random(int(os.environ.get("VMSPOP_FAULT_SEED", "1926")))
+    PasswordFile(tmp_path / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
+    store = MailStore(tmp_path / "mail")
+    store.create_mailbox("jones")
+    message = b"Subject: big\n\n" + b"z" * (8 * 1024 * 1024) + b"\n"
+    landed = []
+    for _ in range(ROUNDS):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vmspop.cli", "--mail-root", str(tmp_path / "mail"),
+             "--passwd", str(tmp_path / "passwd"), "deliver", "jones"],
+            stdin=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert process.stdin is not None
+        # Feed the message from a thread, so the kill can land while it is still being read.
+        feeder = threading.Thread(target=feed, args=(process.stdin, message))
+        feeder.start()
+        time.sleep(rng.uniform(0.05, 0.35))  # start-up, reading, writing, fsync, rename
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        feeder.join(10)
+        new = store.folder("jones", NEWMAIL) / "new"
+        for name in os.listdir(new):
+            assert (new / name).read_bytes() == message  # whole, or not there at all
+            os.unlink(new / name)
+            landed.append(name)
+    print("delivered before the kill:", len(landed), "of", ROUNDS)
+    old = time.time() - 37 * 3600
+    leftovers = list((store.folder("jones", NEWMAIL) / "tmp").iterdir())
+    for path in leftovers:
+        os.utime(path, (old, old))
+    port = free_port()
+    server = start(tmp_path, port)
+    try:
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        client.user("jones")
+        client.pass_("wonderland")
+        client.quit()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert list((store.folder("jones", NEWMAIL) / "tmp").iterdir()) == []

@@ -114,9 +114,10 @@ class EventLog:
             self.log.warn("APOP secret file of user=<{user}> ignored: {why}", user=safe(user), why=why)
 
     def skipped(self, *, user: str, problem: str) -> None:
-        """A file in a mailbox that could not be served (it stays on disk untouched)."""
+        """Something found in a mailbox at login: a file that cannot be served (left
+        untouched), or abandoned deliveries removed from ``tmp/``."""
         if self._on("error"):
-            self.log.warn("mailbox of user=<{user}>: skipped {problem}", user=safe(user), problem=problem)
+            self.log.warn("mailbox of user=<{user}>: {problem}", user=safe(user), problem=problem)
 
     def statistics(self, lines: list[str]) -> None:
         """The XTND STATS figures, as one log line (at shutdown)."""

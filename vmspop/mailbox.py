@@ -182,6 +182,9 @@ def open_mailbox(store: MailStore, user: str, *, use_mail_folder: bool, leave_in
     lock = store.lock(user)
     problems: list[str] = []
     try:
+        removed = store.remove_stale_tmp_files(user)
+        if removed:
+            problems.append(f"removed {removed} abandoned delivery file(s) older than 36 hours from tmp/")
         if use_mail_folder:
             store.move_new_to_mail(user, problems)
         folder = MAIL if use_mail_folder else NEWMAIL

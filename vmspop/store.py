@@ -286,12 +286,12 @@ class MailStore:
         skipped = problems if problems is not None else []
         if maildir.is_symlink():
             # A link could lead anywhere outside the mail root; never follow it.
-            skipped.append(f"{maildir}: a symbolic link, not served")
+            skipped.append(f"skipped {maildir}: a symbolic link, not served")
             return []
         for sub in ("new", "cur"):
             directory = maildir / sub
             if directory.is_symlink():
-                skipped.append(f"{directory}: a symbolic link, not served")
+                skipped.append(f"skipped {directory}: a symbolic link, not served")
                 continue
             try:
                 entries = list(os.scandir(directory))
@@ -302,19 +302,19 @@ class MailStore:
                     continue
                 try:
                     if not entry.is_file(follow_symlinks=False):
-                        skipped.append(f"{entry.path}: not a regular file")
+                        skipped.append(f"skipped {entry.path}: not a regular file")
                         continue
                     message = self._describe(user, directory, entry.name)
                 except FileNotFoundError:
                     continue  # removed by another agent since the listing
                 except OSError as e:
-                    skipped.append(f"{entry.path}: {e.strerror or e}")
+                    skipped.append(f"skipped {entry.path}: {e.strerror or e}")
                     continue
                 if message is None:
-                    skipped.append(f"{entry.path}: not a Maildir message name")
+                    skipped.append(f"skipped {entry.path}: not a Maildir message name")
                 elif message.base in found:
                     # One message, two files: serving both would repeat a UIDL.
-                    skipped.append(f"{entry.path}: duplicate of {found[message.base].path}")
+                    skipped.append(f"skipped {entry.path}: duplicate of {found[message.base].path}")
                 else:
                     found[message.base] = message
         ordered = sorted(found.values(), key=lambda m: (m.arrival, m.base))
@@ -513,6 +513,20 @@ class MailStore:
                         yield Path(entry.path)
                 except FileNotFoundError:
                     continue
+
+
+    def remove_stale_tmp_files(self, user: str, now: float | None = None) -> int:
+        """Delete abandoned deliveries (Maildir's rule: only ``tmp/`` files over 36 hours old).
+
+        A delivery in progress is never that old, so this cannot race with one.
+        Returns how many files were removed.
+        """
+        removed = 0
+        for path in list(self.stale_tmp_files(user, now)):
+            if path.is_file() and not path.is_symlink():
+                _unlink_quietly(path)
+                removed += 1
+        return removed
 
 
 def measure(path: str | os.PathLike[str]) -> tuple[int, int]:
