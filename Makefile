@@ -31,7 +31,7 @@ test: $(STAMP)
 interop: $(STAMP)
 	$(BIN)/python -m pytest -q -m interop
 
-## bench: compare vmspop with Dovecot, stock Twisted and the loopback ceiling (about 7 minutes;
+## bench: compare vmspop with Dovecot, stock Twisted and the loopback ceiling (5-9 minutes;
 ## BENCH_ARGS=--quick for a short run); prints a table, writes docs/performance.png
 bench: $(STAMP)
 	$(BIN)/pip install --quiet matplotlib || echo "matplotlib could not be installed: no chart"

@@ -1,0 +1,62 @@
+"""Micro-benchmark: vmspop's byte-stuffer (vmspop.wire.Stuffer) on different contents.
+
+    .venv/bin/python benchmarks/stuffer.py
+
+RETR turns each 256 KiB block of a stored (LF) message into the wire form: LF ->
+CRLF, then "." doubled at the start of lines.  Its cost depends on the content, so
+this feeds 64 MiB of each kind in 256 KiB blocks and also times the two
+``bytes.replace`` passes on one block.  It prints numbers; it is not a test.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vmspop.wire import Stuffer  # noqa: E402
+import corpus  # noqa: E402
+
+BLOCK = 256 * 1024
+SIZE = 64 * 1024 * 1024
+
+
+def contents() -> dict[str, bytes]:
+    rng = random.Random(corpus.SEED)
+    text, b64 = corpus._line_pool(rng)
+    plain = [line for line in text if not line.startswith(b".")]
+    return {
+        "x lines (no dots; big_retr.py)": (b"x" * 76 + b"\n") * (SIZE // 77),
+        "base64 attachment (no dots)": b"".join(rng.choices(b64, k=SIZE // 77)),
+        "text, no line starts with '.'": b"".join(rng.choices(plain, k=SIZE // 40)),
+        "text, 1.2 % of lines start with '.'": b"".join(rng.choices(text, k=SIZE // 40)),
+    }
+
+
+def main() -> int:
+    print(f"{'content':40s} {'Stuffer MB/s':>12s} {'LF->CRLF ms':>12s} {'dot pass ms':>12s}  (per 256 KiB block)")
+    for name, data in contents().items():
+        stuffer = Stuffer()
+        t = time.perf_counter()
+        for i in range(0, len(data), BLOCK):
+            stuffer.feed(data[i:i + BLOCK])
+        rate = len(data) / (time.perf_counter() - t) / 1e6
+        block = data[:BLOCK]
+        t = time.perf_counter()
+        for _ in range(50):
+            crlf = block.replace(b"\n", b"\r\n")
+        lf = (time.perf_counter() - t) / 50 * 1000
+        t = time.perf_counter()
+        for _ in range(50):
+            crlf.replace(b"\n.", b"\n..")
+        dot = (time.perf_counter() - t) / 50 * 1000
+        print(f"{name:40s} {rate:12.0f} {lf:12.2f} {dot:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
