@@ -79,11 +79,12 @@ def test_penalty_applies_across_connections(tmp_path: Path) -> None:
     assert waits == [1.0, 2.0, 4.0]
 
 
-def test_checks_from_one_address_run_one_at_a_time(tmp_path: Path) -> None:
-    """A flood from one address occupies one hashing thread; it queues behind itself."""
+def test_checks_from_one_address_are_bounded(tmp_path: Path) -> None:
+    """A flood from one address holds at most CHECKS_PER_ADDRESS hashing threads; the rest queue."""
     s = Server(tmp_path)
-    s.add_user("jones")
-    s.add_user("smith")
+    users = [f"user{i}" for i in range(limits.CHECKS_PER_ADDRESS + 1)]
+    for user in users:
+        s.add_user(user)
     started: list[defer.Deferred] = []
 
     def later(f, *a, **kw):  # type: ignore[no-untyped-def]
@@ -91,16 +92,15 @@ def test_checks_from_one_address_run_one_at_a_time(tmp_path: Path) -> None:
         started.append(d)
         return d.addCallback(lambda _: f(*a, **kw))
 
-    first, second = s.connect(), s.connect()
+    clients = [s.connect() for _ in users]
     s.run_in_thread = later
-    first.command("USER jones")
-    first.command("PASS wonderland")
-    second.command("USER smith")
-    second.command("PASS wonderland")
-    assert len(started) == 1  # the second check waits for the first
+    for client, user in zip(clients, users):
+        client.command(f"USER {user}")
+        client.command("PASS wonderland")
+    assert len(started) == limits.CHECKS_PER_ADDRESS  # the last check waits for a free slot
     while started:
         started.pop(0).callback(None)
-    assert first.take().startswith(b"+OK") and second.take().startswith(b"+OK")
+    assert all(client.take().startswith(b"+OK") for client in clients)
 
 
 def test_connections_per_address_are_capped(tmp_path: Path) -> None:

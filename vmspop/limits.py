@@ -1,9 +1,10 @@
 """Per-address defences against password guessing and connection floods.
 
 Everything here is bookkeeping on the reactor thread: no sleeping, no blocking.
-Delays are applied by the caller with the reactor's clock, and each address's
-login checks run one at a time, so a flood from one address occupies at most
-one hashing thread and cannot slow logins from anywhere else.
+Delays are applied by the caller with the reactor's clock, and an address has at
+most :data:`CHECKS_PER_ADDRESS` login checks running, so a flood from one address
+occupies a bounded share of the hashing threads and cannot starve logins from
+anywhere else.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ PENALTY_WINDOW = 15 * 60.0
 #: Addresses remembered at most, oldest forgotten first: memory stays bounded
 #: whatever a distributed guesser does.
 MAX_TRACKED_ADDRESSES = 100_000
+#: Login checks one address may have running at once.  Twisted's thread pool has 10
+#: threads: a flood from one address holds at most this many, while an office behind
+#: one NAT address still logs in concurrently.
+CHECKS_PER_ADDRESS = 4
 #: A client that repeats the same wrong password (a saved, outdated one) is not a
 #: guesser; Dovecot keeps the last 10 and does not grow the penalty for them.
 REMEMBERED_ATTEMPTS = 10
@@ -49,7 +54,7 @@ class _Record:
         self.failures = 0
         self.last = 0.0
         self.attempts: list[int] = []
-        self.gate = defer.DeferredSemaphore(1)
+        self.gate = defer.DeferredSemaphore(CHECKS_PER_ADDRESS)
 
 
 class AddressPenalties:
@@ -109,5 +114,5 @@ class AddressPenalties:
         record.attempts.clear()
 
     def serialized(self, address: str, f: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """Run ``f`` once the previous login check from the same address has finished."""
+        """Run ``f`` once fewer than :data:`CHECKS_PER_ADDRESS` checks from that address run."""
         return self._record(address).gate.run(f, *args)
