@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import shutil
 import signal
@@ -163,7 +164,7 @@ def drop_caches() -> bool:
 
 # -- servers ----------------------------------------------------------------------------
 
-class Server:
+class Server(abc.ABC):
     """One server under test."""
 
     name = "?"
@@ -200,8 +201,9 @@ class Server:
     def env(self) -> dict[str, str]:
         return dict(os.environ, PYTHONPATH=str(ROOT))
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts this server."""
 
     def stop(self) -> None:
         if self.proc is not None:

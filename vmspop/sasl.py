@@ -13,6 +13,7 @@ text is safe to show to the client.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import hashlib
@@ -204,7 +205,7 @@ class Done:
 Step: TypeAlias = Challenge | Done
 
 
-class Mechanism:
+class Mechanism(abc.ABC):
     """One SASL exchange; a fresh instance serves one AUTH command.
 
     Subclasses implement :meth:`_start` and :meth:`_respond`.  This base enforces
@@ -249,11 +250,13 @@ class Mechanism:
             self._state = "over"
         return step
 
+    @abc.abstractmethod
     def _start(self, initial: bytes | None) -> Step:
-        raise NotImplementedError
+        """The mechanism's first step."""
 
+    @abc.abstractmethod
     def _respond(self, data: bytes) -> Step:
-        raise NotImplementedError
+        """The mechanism's next step."""
 
 
 class Plain(Mechanism):
