@@ -62,8 +62,9 @@ class Live:
 
 def start(reactor: Any, tmp_path: Path, **settings: Any) -> Live:
     """Create user jones (password wonderland, APOP secret tanstaafl); listen for POP3 and SMTP."""
+    settings.setdefault("auth_failure_delay", 0.0)
     config = ServerConfig(mail_root=tmp_path / "mail", passwd=tmp_path / "passwd", hostname="localhost",
-                          auth_failure_delay=0.0, **settings)
+                          **settings)
     store = MailStore(config.mail_root)
     PasswordFile(config.passwd).update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
     store.create_mailbox("jones")

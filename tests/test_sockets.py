@@ -312,3 +312,32 @@ def test_no_descriptor_leak_after_clients_vanish_mid_retr(live: Live) -> None:
     assert not live.factory.sessions
     assert descriptors() <= before
     assert len(folder_names(live.store, "NEWMAIL")) == 1  # none of them QUIT: nothing moved
+
+
+def test_penalty_and_slow_lines_over_real_sockets(reactor: Any, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure penalty doubles across real connections; a dribbled line is cut off."""
+    import vmspop.protocol as protocol_module
+    live = start(reactor, tmp_path, auth_failure_delay=0.2, max_auth_attempts=1)
+    monkeypatch.setattr(protocol_module, "PARTIAL_LINE_TIMEOUT", 0.5)
+    try:
+        waits = []
+        for attempt in range(3):
+            client = live.pop()
+            client.user("jones")
+            started = time.monotonic()
+            with pytest.raises(poplib.error_proto):
+                client.pass_(f"guess{attempt}")
+            waits.append(time.monotonic() - started)
+        assert 0.18 < waits[0] < waits[1] < waits[2]  # 0.2, 0.4, 0.8 s
+        assert waits[2] > 0.7
+
+        slow = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        slow.recv(1024)
+        slow.sendall(b"US")
+        time.sleep(0.2)
+        slow.sendall(b"E")
+        assert read_until_closed(slow).startswith(b"-ERR command line not completed within")
+        slow.close()
+    finally:
+        live.stop()
