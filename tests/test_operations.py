@@ -67,6 +67,9 @@ def test_xtnd_stats_needs_a_stats_user(server: Server) -> None:
     client.login()
     assert client.command("XTND STATS").startswith(b"-ERR [SYS/PERM] XTND STATS is for the accounts")
     assert client.command("XTND SHUTDOWN").startswith(b'-ERR unknown XTND command "SHUTDOWN"')
+    for _ in range(8):
+        client.command("XTND FOO")
+    assert client.command("XTND FOO").endswith(b"too many invalid commands, closing connection\r\n")
 
 
 def test_timeouts_and_drops_are_counted(tmp_path: Path) -> None:

@@ -630,7 +630,7 @@ class VMSPOP3(pop3.POP3):
     def do_XTND(self, verb: bytes, rest: bytes | None = None) -> None:
         """The OpenVMS extensions: ``XTND STATS`` for the accounts in ``--stats-users``."""
         if verb.upper() != b"STATS":
-            self._send(wire.err(f'unknown XTND command "{_shown(verb)}"; vmspop offers XTND STATS'))
+            self._refuse_command(f'unknown XTND command "{_shown(verb)}"; vmspop offers XTND STATS')
             return
         assert self.mbox is not None
         if self.mbox.user not in self.factory.stats_users:
