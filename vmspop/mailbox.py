@@ -75,6 +75,11 @@ class VMSMailbox:
         self.retrieved: set[int] = set()
         #: Entries of the folder that could not be served, for the operator's log.
         self.problems: list[str] = []
+        # Computed once, while the mailbox is opened off the reactor thread, and kept
+        # up to date by DELE and RSET: STAT and the login reply cost nothing per message.
+        self._sizes = [self.size(m) for m in messages]
+        self._all_octets = sum(self._sizes)
+        self._live_octets = self._all_octets
 
     # -- the session's questions ----------------------------------------------------------
 
@@ -108,8 +113,7 @@ class VMSMailbox:
 
     def totals(self) -> tuple[int, int]:
         """Number and wire octets of the messages not marked deleted (STAT)."""
-        live = self.live()
-        return len(live), sum(self.size(m) for _, m in live)
+        return len(self.messages) - len(self.deleted), self._live_octets
 
     def mark_retrieved(self, index: int) -> None:
         """Record a RETR, which drives the NEWMAIL-to-MAIL move at QUIT."""
@@ -135,10 +139,12 @@ class VMSMailbox:
         """Mark a message deleted; it disappears at QUIT, and from listings now."""
         self.message(index)
         self.deleted.add(index)
+        self._live_octets -= self._sizes[index]
 
     def undeleteMessages(self) -> None:
         """RSET: clear every deletion mark (retrieval marks stay, as in RFC 1939)."""
         self.deleted.clear()
+        self._live_octets = self._all_octets
 
     def sync(self) -> Deferred:
         """The UPDATE state: apply the marks on disk, in a thread.
