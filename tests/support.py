@@ -147,3 +147,17 @@ def multiline_body(reply: bytes) -> list[bytes]:
     assert rest.endswith(b".\r\n"), reply
     lines = rest[:-3].split(b"\r\n")[:-1] if rest != b".\r\n" else []
     return [line[1:] if line.startswith(b".") else line for line in lines]
+
+
+def open_files(under: Path) -> list[str]:
+    """Files below ``under`` that this process has open."""
+    found = []
+    prefix = str(under) + os.sep
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            found.append(target)
+    return found

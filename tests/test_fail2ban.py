@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import configparser
-import os
 import poplib
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from twistd import connect, free_port, start_twistd
 from vmspop.passwd import Account, PasswordFile
 from vmspop.store import MailStore
 
@@ -32,22 +30,11 @@ def serve_and_fail(tmp_path: Path) -> str:
     """Run twistd vmspop, fail two logins and log in once; return its log."""
     PasswordFile(tmp_path / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
     MailStore(tmp_path / "mail").create_mailbox("jones")
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path / "twistd.log"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", f"--logfile={log}", "vmspop",
-         "--mail-root", str(tmp_path / "mail"), "--passwd", str(tmp_path / "passwd"), "--no-smtp",
-         "--auth-failure-delay", "0", "--pop3", f"tcp:{port}:interface=127.0.0.1"],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    process = start_twistd(tmp_path, port, logfile=str(log))
     try:
-        for _ in range(300):
-            try:
-                client = poplib.POP3("127.0.0.1", port, timeout=10)
-                break
-            except OSError:
-                time.sleep(0.1)
+        client = connect(port, process)
         for password in ("guess1", "guess2"):
             client.user("nobody")
             try:

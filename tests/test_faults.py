@@ -15,7 +15,6 @@ import os
 import poplib
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,34 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twistd import ROOT, connect, free_port, start_twistd
 from vmspop.passwd import Account, PasswordFile
 from vmspop.store import MAIL, NEWMAIL, MailStore, parse_name
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("VMSPOP_FAULT_ROUNDS", "8"))
 MESSAGES = 400
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(tmp: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "--logfile=/dev/null",
-         "vmspop", "--mail-root", str(tmp / "mail"), "--passwd", str(tmp / "passwd"), "--no-smtp",
-         "--auth-failure-delay", "0", "--pop3", f"tcp:{port}:interface=127.0.0.1"],
-        cwd=tmp, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("twistd did not start")
+    process = start_twistd(tmp, port)
+    connect(port, process).close()
+    return process
 
 
 def files(store: MailStore) -> dict[str, list[str]]:

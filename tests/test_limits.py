@@ -106,7 +106,7 @@ def test_checks_from_one_address_are_bounded(tmp_path: Path) -> None:
 def test_connections_per_address_are_capped(tmp_path: Path) -> None:
     """--max-sessions-per-ip: the next connection from that address gets -ERR [SYS/TEMP]."""
     s = Server(tmp_path, max_sessions_per_ip=2)
-    first, second, third = s.connect(), s.connect(), s.connect()
+    first, _, third = s.connect(), s.connect(), s.connect()
     assert third.greeting == b"-ERR [SYS/TEMP] too many connections from your address; try again later\r\n"
     assert third.closed
     assert "reason=too-many-sessions-from-address" in s.log.matching("connection refused")[0]

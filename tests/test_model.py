@@ -49,7 +49,7 @@ from hypothesis.stateful import (
 )
 from twisted.internet import defer
 
-from support import Client, Server
+from support import Client, Server, open_files
 from vmspop._version import __version__
 from vmspop.protocol import MAX_BAD_COMMANDS
 from vmspop.store import MailboxLocked
@@ -246,19 +246,6 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
 def maildrop(count: int, octets: int) -> bytes:
     """The "N messages (M octets)" phrase of the login, LIST and RSET replies."""
     return b"%d message%s (%d octets)" % (count, b"" if count == 1 else b"s", octets)
-
-
-def open_files(under: Path) -> list[str]:
-    """Files below ``under`` that this process has open."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(under) + os.sep):
-            found.append(target)
-    return found
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import poplib
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from support import Server, multiline_body
+from twistd import connect, free_port, start_twistd
 from vmspop.drain import DrainService
 from vmspop.events import EventLog
 from vmspop.passwd import Account, PasswordFile
 from vmspop.store import MailStore
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -115,22 +112,11 @@ def test_sigterm_drains_a_real_server(tmp_path: Path) -> None:
     store = MailStore(tmp_path / "mail")
     store.create_mailbox("jones")
     store.deliver(["jones"], [b"Subject: a\n\nbody\n"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "--logfile=-", "vmspop",
-         "--mail-root", str(tmp_path / "mail"), "--passwd", str(tmp_path / "passwd"), "--no-smtp",
-         "--auth-failure-delay", "0", "--shutdown-grace", "20", "--pop3", f"tcp:{port}:interface=127.0.0.1"],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT)
+    port = free_port()
+    process = start_twistd(tmp_path, port, "--shutdown-grace", "20", logfile="-",
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        for _ in range(300):
-            try:
-                client = poplib.POP3("127.0.0.1", port, timeout=10)
-                break
-            except OSError:
-                time.sleep(0.1)
+        client = connect(port, process)
         client.user("jones")
         client.pass_("wonderland")
         process.send_signal(signal.SIGTERM)

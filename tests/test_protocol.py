@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
-from support import Client, Server, multiline_body
+from support import Client, Server, multiline_body, open_files
 
 HELLO = b"Subject: hello\n\nfirst line\n"
 SECOND = b"Subject: second\r\n\r\nline one\r\nline two\r\n"
@@ -470,19 +470,6 @@ def test_files_are_closed_after_retr_top_and_drop(server: Server) -> None:
     assert open_files(server.store.root / "jones" / "NEWMAIL")  # the stalled transfer holds one
     client.drop()
     assert open_files(server.store.root) == []
-
-
-def open_files(under: Path) -> list[str]:
-    """Files below ``under`` that this process has open."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(under)):
-            found.append(target)
-    return found
 
 
 def test_file_reads_go_through_the_thread_runner(server: Server) -> None:
