@@ -665,8 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lag-without-list", action="store_true",
                         help="loop lag: no session on the 100,000-message folder (to separate causes)")
     parser.add_argument("--profile", action="store_true",
-                        help="afterwards, profile vmspop with py-spy in bulk, login-16, list-warm, big and "
-                             "loop lag, and print the top functions (needs py-spy in the venv)")
+                        help="afterwards, profile vmspop with py-spy in the scenarios run (bulk, login-16, "
+                             "list-warm, big, loop lag) and print the top functions (needs py-spy in the venv)")
     args = parser.parse_args(argv)
     params = Params.quick() if args.quick else Params()
     if args.runs:
@@ -903,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "medians": med, "extra": extra,
                                                    "stall_sites": bench.stall_sites}, indent=1))
         if args.profile:
-            profile(corpus, expected, params, work)
+            profile(corpus, expected, params, work, scenarios)
         print(f"total time {time.monotonic() - started:.0f} s")
     finally:
         for s in servers:
@@ -917,8 +917,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- profiling --------------------------------------------------------------------------------
 
-def profile(corpus, expected, params, work: Path) -> None:
-    """py-spy (launch mode: attaching is not permitted in every container) on vmspop."""
+def profile(corpus, expected, params, work: Path, scenarios: list[str]) -> None:
+    """py-spy (launch mode: attaching is not permitted in every container) on vmspop, in the
+    scenarios that were run."""
     spy = Path(sys.executable).with_name("py-spy")
     found = shutil.which("py-spy")
     if not spy.exists() and found:
@@ -947,11 +948,14 @@ def profile(corpus, expected, params, work: Path) -> None:
             self.proc.wait(120)
             self.proc = None
 
-    runs = [("bulk", lambda s: bench.bulk(s)),
-            ("login, 16 clients", lambda s: bench.login(s, 16)),
-            ("list warm, 3 sessions", lambda s: [bench.list(s, cold=False) for _ in range(3)]),
-            ("big", lambda s: bench.big(s))]
-    for label, run in runs + [("loop lag", None)]:
+    runs = [("bulk", "bulk", lambda s: bench.bulk(s)),
+            ("login", "login, 16 clients", lambda s: bench.login(s, 16)),
+            ("list", "list warm, 3 sessions", lambda s: [bench.list(s, cold=False) for _ in range(3)]),
+            ("big", "big", lambda s: bench.big(s)),
+            ("lag", "loop lag", None)]
+    for scenario, label, run in runs:
+        if scenario not in scenarios:
+            continue
         Spied.output = work / f"profile-{label.split(',')[0].replace(' ', '-')}.txt"
         if run is None:
             bench.lag(Spied)

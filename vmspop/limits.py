@@ -9,6 +9,7 @@ anywhere else.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,7 @@ CHECKS_PER_ADDRESS = 4
 REMEMBERED_ATTEMPTS = 10
 
 
+@functools.lru_cache(maxsize=4096)  # parsed up to four times per connection; few distinct clients
 def address_key(address: str) -> str:
     """The unit a penalty applies to: an IPv4 address, or an IPv6 /64 (one site's network)."""
     try:

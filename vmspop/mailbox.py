@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
 
@@ -155,6 +155,8 @@ class VMSMailbox:
         deleted = [self.messages[i] for i in sorted(self.deleted)]
         moving = ([self.messages[i] for i in sorted(self.retrieved - self.deleted)]
                   if self._move_retrieved else [])
+        if not (deleted or moving):
+            return succeed(UpdateResult(0, 0, 0))  # nothing to do on disk: no thread hand-over
         return self._run(self._apply, deleted, moving)
 
     def _apply(self, deleted: list[StoredMessage], moving: list[StoredMessage]) -> UpdateResult:

@@ -9,6 +9,7 @@ handling, byte-stuffing, octet counts, QUIT and the idle timer.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import secrets
 from collections.abc import Iterator
@@ -608,6 +609,12 @@ class VMSPOP3(pop3.POP3):
             prefix = mbox.prefix(message)
             if prefix:
                 self.transport.write(transform(prefix))
+            if source.whole is not None:
+                # Read whole in its first block (most mail): one write, no producer to run.
+                self.transport.writeSequence([transform(source.whole), stuffer.finish()])
+                source.close()
+                self.resetTimeout()
+                return sent(None)
             return self._stream(read, source.close, transform, stuffer.finish).addCallback(sent)
 
         def sent(_: Any) -> None:
@@ -713,6 +720,7 @@ def _set_no_delay(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every connection; few distinct clients
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback

