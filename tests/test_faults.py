@@ -24,7 +24,8 @@ from typing import Any
 
 from twistd import ROOT, connect, free_port, start_twistd
 from vmspop.passwd import Account, PasswordFile
-from vmspop.store import MAIL, NEWMAIL, MailStore, parse_name
+from vmspop.names import parse_name
+from vmspop.store import MAIL, NEWMAIL, MailStore
 
 ROUNDS = int(os.environ.get("VMSPOP_FAULT_ROUNDS", "8"))
 MESSAGES = 400

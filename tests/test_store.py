@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import calendar
 import errno
+import hashlib
 import io
 import os
 import re
@@ -12,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,6 @@ import vmspop.store
 from vmspop.store import (
     LOCK_FILE,
     MAIL,
-    MAX_UID_LENGTH,
     NEWMAIL,
     READ_BLOCK,
     STALE_TMP_SECONDS,
@@ -32,11 +34,9 @@ from vmspop.store import (
     MailboxLocked,
     MailStore,
     NoSuchMailbox,
-    StoredMessage,
-    make_uid,
     measure,
-    parse_name,
 )
+from vmspop.names import MAX_UID_LENGTH, StoredMessage, make_uid, parse_name
 from vmspop.wire import wire_size
 
 # ---------------------------------------------------------------- helpers
@@ -792,3 +792,26 @@ def test_parse_name(name: str, expected: tuple[str, dict[str, str], str | None])
 def test_parse_name_foreign(name: str) -> None:
     """Names with no base, or with a slash, are not Maildir names."""
     assert parse_name(name) is None
+
+
+def _reference_uid(user: str, arrival: float, base: str) -> str:
+    """The UIDL format written the plain way (UIDLs must not change across upgrades)."""
+    seconds = int(arrival)
+    hundredths = int(round((arrival - seconds) * 100))
+    if hundredths == 100:
+        seconds, hundredths = seconds + 1, 0
+    t = time.gmtime(seconds)
+    month = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")[t.tm_mon - 1]
+    tag = base64.b32encode(hashlib.sha256(base.encode("utf-8", "surrogateescape")).digest()[:5]).decode()
+    return (f"{user.upper()}_{t.tm_mday:02d}_{month}_{t.tm_year:04d}_{t.tm_hour:02d}_{t.tm_min:02d}_"
+            f"{t.tm_sec:02d}_{hundredths:02d}_{tag}")
+
+
+@settings(max_examples=500, deadline=None)
+@given(arrival=st.one_of(st.floats(0, 4_102_444_799.99),
+                         st.integers(0, 4_102_444_799).map(lambda s: s + 0.995),
+                         st.integers(0, 4_102_444_799).map(float)),
+       base=st.text(min_size=1, max_size=60).filter(lambda b: "\0" not in b))
+def test_make_uid_matches_the_plain_reference(arrival: float, base: str) -> None:
+    """The table-driven make_uid gives exactly the UIDL of the plain formatting."""
+    assert make_uid("jones", arrival, base) == _reference_uid("jones", arrival, base)

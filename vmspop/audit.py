@@ -27,8 +27,8 @@ from vmspop.store import (
     SECRET_FILE,
     STALE_TMP_SECONDS,
     MailStore,
-    parse_name,
 )
+from vmspop.names import parse_name
 
 __all__ = ["Audit", "Finding", "audit"]
 

@@ -11,13 +11,16 @@ in exactly one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import IO
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
 
-from vmspop.store import MAIL, NEWMAIL, MailStore, StoredMessage, UserLock
+from vmspop.listing import Listing
+from vmspop.names import StoredMessage
+from vmspop.store import MAIL, NEWMAIL, MailStore, UserLock
 from vmspop.threads import ThreadRunner
 
 __all__ = ["UpdateResult", "VMSMailbox", "BadMessageNumber"]
@@ -60,7 +63,7 @@ class VMSMailbox:
             message then starts with that header and ``X-POP3-ID: <uidl>``.
     """
 
-    def __init__(self, store: MailStore, user: str, folder: str, messages: list[StoredMessage],
+    def __init__(self, store: MailStore, user: str, folder: str, messages: Listing,
                  lock: UserLock, run_in_thread: ThreadRunner, move_retrieved: bool,
                  id_server: str | None = None) -> None:
         self.store = store
@@ -75,16 +78,17 @@ class VMSMailbox:
         self.retrieved: set[int] = set()
         #: Entries of the folder that could not be served, for the operator's log.
         self.problems: list[str] = []
-        # Computed once, while the mailbox is opened off the reactor thread, and kept
-        # up to date by DELE and RSET: STAT and the login reply cost nothing per message.
-        self._sizes = [self.size(m) for m in messages]
-        self._all_octets = sum(self._sizes)
+        # What the ID headers add to every message: the same for all, since every
+        # UIDL of one user has the same length.
+        self._extra = self._wire_length(self.prefix(messages[0])) if id_server and messages else 0
+        # Kept up to date by DELE and RSET: STAT and the login reply cost nothing per message.
+        self._all_octets = messages.total_wire + len(messages) * self._extra
         self._live_octets = self._all_octets
 
     # -- the session's questions ----------------------------------------------------------
 
-    def message(self, index: int) -> StoredMessage:
-        """The live (not deleted) message at ``index``.
+    def check(self, index: int) -> int:
+        """``index``, if it names a live (not deleted) message.
 
         Raises:
             BadMessageNumber: out of range or marked deleted; the text names the problem.
@@ -94,7 +98,11 @@ class VMSMailbox:
             raise BadMessageNumber(f"no such message, only {count} message{'s' if count != 1 else ''} in maildrop")
         if index in self.deleted:
             raise BadMessageNumber(f"message {index + 1} already deleted")
-        return self.messages[index]
+        return index
+
+    def message(self, index: int) -> StoredMessage:
+        """The live message at ``index`` (see :meth:`check` for the errors)."""
+        return self.messages[self.check(index)]
 
     def prefix(self, message: StoredMessage) -> bytes:
         """Octets sent before the stored message: the ID headers, if enabled (LF ends)."""
@@ -102,14 +110,26 @@ class VMSMailbox:
             return b""
         return f"X-POP3-Server: {self.id_server}\nX-POP3-ID: {message.uid}\n".encode("ascii")
 
+    @staticmethod
+    def _wire_length(stored: bytes) -> int:
+        return len(stored) + stored.count(b"\n")
+
     def size(self, message: StoredMessage) -> int:
         """The message's size on the wire (CRLF line ends, before byte-stuffing)."""
-        extra = self.prefix(message)
-        return message.wire + len(extra) + extra.count(b"\n")
+        return message.wire + self._wire_length(self.prefix(message))
 
-    def live(self) -> list[tuple[int, StoredMessage]]:
-        """(index, message) pairs of every message not marked deleted."""
-        return [(i, m) for i, m in enumerate(self.messages) if i not in self.deleted]
+    def size_at(self, index: int) -> int:
+        """:meth:`size` of message ``index``, without building its :class:`StoredMessage`."""
+        return self.messages.wire[index] + self._extra
+
+    def uid_at(self, index: int) -> str:
+        """The UIDL of message ``index``."""
+        return self.messages.uid(index)
+
+    def live_indices(self) -> Iterator[int]:
+        """The index of every message not marked deleted, in order."""
+        deleted = self.deleted
+        return (i for i in range(len(self.messages)) if i not in deleted)
 
     def totals(self) -> tuple[int, int]:
         """Number and wire octets of the messages not marked deleted (STAT)."""
@@ -124,22 +144,22 @@ class VMSMailbox:
     def listMessages(self, index: int | None = None) -> list[int] | int:
         """Wire sizes; a deleted message counts 0 (the IMailbox contract)."""
         if index is None:
-            return [0 if i in self.deleted else self.size(m) for i, m in enumerate(self.messages)]
-        return self.size(self.message(index))
+            return [0 if i in self.deleted else self.size_at(i) for i in range(len(self.messages))]
+        return self.size_at(self.check(index))
 
     def getMessage(self, index: int) -> IO[bytes]:
         """The stored file, opened in binary mode; the caller must close it."""
-        return open(self.message(index).path, "rb")
+        return open(self.messages.path(self.check(index)), "rb")
 
     def getUidl(self, index: int) -> bytes:
         """The message's UIDL."""
-        return self.message(index).uid.encode("ascii")
+        return self.uid_at(self.check(index)).encode("ascii")
 
     def deleteMessage(self, index: int) -> None:
         """Mark a message deleted; it disappears at QUIT, and from listings now."""
-        self.message(index)
+        self.check(index)
         self.deleted.add(index)
-        self._live_octets -= self._sizes[index]
+        self._live_octets -= self.size_at(index)
 
     def undeleteMessages(self) -> None:
         """RSET: clear every deletion mark (retrieval marks stay, as in RFC 1939)."""

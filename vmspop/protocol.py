@@ -563,10 +563,11 @@ class VMSPOP3(pop3.POP3):
         mbox = self.mbox
         assert mbox is not None
         if number is not None:
-            self._send(wire.ok(f"{number} {mbox.size(mbox.message(number - 1))}"))
+            self._send(wire.ok(f"{number} {mbox.size_at(mbox.check(number - 1))}"))
             return None
         count, octets = mbox.totals()
-        lines = (b"%d %d" % (i + 1, mbox.size(m)) for i, m in mbox.live())
+        size_at = mbox.size_at
+        lines = (b"%d %d" % (i + 1, size_at(i)) for i in mbox.live_indices())
         return self._lines_reply(wire.ok(_maildrop(count, octets)), lines)
 
     def do_UIDL(self, number: int | None = None) -> defer.Deferred | None:
@@ -574,9 +575,10 @@ class VMSPOP3(pop3.POP3):
         mbox = self.mbox
         assert mbox is not None
         if number is not None:
-            self._send(wire.ok(f"{number} {mbox.message(number - 1).uid}"))
+            self._send(wire.ok(f"{number} {mbox.uid_at(mbox.check(number - 1))}"))
             return None
-        lines = (b"%d %s" % (i + 1, m.uid.encode("ascii")) for i, m in mbox.live())
+        uid_at = mbox.uid_at
+        lines = (b"%d %s" % (i + 1, uid_at(i).encode("ascii")) for i in mbox.live_indices())
         return self._lines_reply(wire.ok("unique-id listing follows"), lines)
 
     def do_RETR(self, number: int) -> defer.Deferred:
@@ -682,7 +684,7 @@ class VMSPOP3(pop3.POP3):
         self._why = "quit"
         self._queue.clear()
         mbox = self.mbox
-        deleted_octets = sum(mbox.size(mbox.messages[i]) for i in mbox.deleted)
+        deleted_octets = sum(mbox.size_at(i) for i in mbox.deleted)
         d = mbox.sync()
 
         def updated(result: UpdateResult) -> None:

@@ -17,22 +17,23 @@ Everything here blocks on the file system; the server calls it from threads.
 
 from __future__ import annotations
 
-import base64
 import errno
 import fcntl
-import hashlib
 import itertools
 import os
-import re
 import secrets
 import socket
+import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from vmspop.listing import Listing, build_listing
+from vmspop.names import NAME, StoredMessage, arrival_of, make_uid, parse_name, size_field
 from vmspop.wire import WireSize
 
 __all__ = [
@@ -43,9 +44,7 @@ __all__ = [
     "NEWMAIL",
     "NoSuchMailbox",
     "SECRET_FILE",
-    "StoredMessage",
     "UserLock",
-    "make_uid",
 ]
 
 NEWMAIL = "NEWMAIL"
@@ -56,15 +55,20 @@ MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 
 #: Large enough that the per-block Python overhead is negligible, small enough to stay in cache.
 READ_BLOCK = 256 * 1024
-#: RFC 1939 section 7: a UIDL is 1-70 characters.
-MAX_UID_LENGTH = 70
+#: Listings kept for the next login, in messages over all users: about 80 octets each,
+#: so at most 16 MB; the least recently used user's listing goes first.
+LISTING_CACHE_MESSAGES = 200_000
+#: A directory changed this recently may change again without its mtime moving
+#: (timestamps advance by clock ticks, or whole seconds on some file systems).
+MTIME_SETTLE_SECONDS = 2.0
 #: Maildir's rule: a file in tmp/ untouched for 36 hours is an abandoned delivery.
 STALE_TMP_SECONDS = 36 * 3600
 
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-# base, then Dovecot-style ",X=value" fields, then ":2,FLAGS".
-_NAME = re.compile(r"^(?P<base>[^:/]+?)(?P<fields>(?:,[A-Za-z]=[^,:/]*)*)(?::(?P<info>.*))?$")
-_ARRIVAL = re.compile(r"^(?P<sec>\d{1,12})\.(?:[^.]*?M(?P<usec>\d{1,6}))?")
+@dataclass(frozen=True)
+class _CachedListing:
+    stamp: list[tuple[int, int] | None]  # (inode, mtime) of new/ and cur/ when listed
+    listing: Listing
+    problems: list[str]
 
 
 class MailboxLocked(Exception):
@@ -85,52 +89,6 @@ class DeliveryError(Exception):
     def __init__(self, message: str, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """One message file as seen when a session's snapshot was taken.
-
-    Attributes:
-        path: the file's full path.
-        base: the unique part of the file name; stable for the message's life.
-        arrival: the arrival time, seconds since the epoch (UTC).
-        physical: octets stored on disk.
-        wire: octets as sent by RETR: CRLF line ends, before byte-stuffing.
-        uid: the UIDL, "user name + date of arrival" made unique.
-    """
-
-    path: str
-    base: str
-    arrival: float
-    physical: int
-    wire: int
-    uid: str
-
-
-def make_uid(user: str, arrival: float, base: str) -> str:
-    """The UIDL of a message: the VMS "user name + date of arrival", made unique.
-
-    The arrival time is written the way the VMS server wrote times in its APOP
-    challenge (``JONES_06_APR_1999_06_02_31_15``: UTC, hundredths of a second),
-    followed by eight characters derived from the file's unique base name, so
-    two messages that arrive in the same hundredth still differ and a UID is
-    never reused: a new message always has a new base.
-    """
-    seconds = int(arrival)
-    hundredths = int(round((arrival - seconds) * 100))
-    if hundredths == 100:
-        # .995 and up round into the next second; without the carry the date would
-        # read _00 of the same second, almost a second early.
-        seconds, hundredths = seconds + 1, 0
-    t = time.gmtime(seconds)
-    stamp = (f"{t.tm_mday:02d}_{_MONTHS[t.tm_mon - 1]}_{t.tm_year:04d}_"
-             f"{t.tm_hour:02d}_{t.tm_min:02d}_{t.tm_sec:02d}_{hundredths:02d}")
-    tag = base64.b32encode(hashlib.sha256(base.encode("utf-8", "surrogateescape")).digest()[:5]).decode()
-    uid = f"{user.upper()}_{stamp}_{tag}"
-    if len(uid) > MAX_UID_LENGTH:
-        raise ValueError(f"user name {user!r} too long for a {MAX_UID_LENGTH}-character UIDL")
-    return uid
 
 
 def _fsync_dir(path: Path | str) -> None:
@@ -185,6 +143,8 @@ class MailStore:
         self._counter = itertools.count(1)
         self._locks_held: set[str] = set()
         self._locks_guard = threading.Lock()
+        self._listings: OrderedDict[tuple[str, str], _CachedListing] = OrderedDict()
+        self._listings_guard = threading.Lock()
 
     # -- paths --------------------------------------------------------------------------
 
@@ -266,7 +226,7 @@ class MailStore:
     # -- reading ------------------------------------------------------------------------
 
     def scan(self, user: str, folder: str, limit: int = 0,
-             problems: list[str] | None = None) -> list[StoredMessage]:
+             problems: list[str] | None = None) -> Listing:
         """The messages of one folder, oldest arrival first.
 
         Files whose names carry no size fields (delivered by another agent) are
@@ -275,6 +235,11 @@ class MailStore:
         file with the same base name) are left alone and described in ``problems``,
         so one bad file never hides the rest of the mailbox.
 
+        The listing is kept (up to :data:`LISTING_CACHE_MESSAGES` messages for all
+        users) and given again, without reading the directories, while the
+        modification times of ``new/`` and ``cur/`` stay what they were: every
+        delivery, move and removal changes them.
+
         Args:
             user: the mailbox owner.
             folder: NEWMAIL or MAIL.
@@ -282,51 +247,61 @@ class MailStore:
             problems: if given, receives one line per entry that was skipped.
         """
         maildir = self.folder(user, folder)
-        found: dict[str, StoredMessage] = {}
         skipped = problems if problems is not None else []
         if maildir.is_symlink():
             # A link could lead anywhere outside the mail root; never follow it.
             skipped.append(f"skipped {maildir}: a symbolic link, not served")
-            return []
+            return Listing.empty(user, os.fsencode(maildir))
+        started = time.time()
+        stamp: list[tuple[int, int] | None] = []
+        subdirs: list[str] = []
         for sub in ("new", "cur"):
-            directory = maildir / sub
-            if directory.is_symlink():
-                skipped.append(f"skipped {directory}: a symbolic link, not served")
-                continue
             try:
-                entries = list(os.scandir(directory))
+                st = os.lstat(maildir / sub)
             except (FileNotFoundError, NotADirectoryError):
+                stamp.append(None)
                 continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        skipped.append(f"skipped {entry.path}: not a regular file")
-                        continue
-                    message = self._describe(user, directory, entry.name)
-                except FileNotFoundError:
-                    continue  # removed by another agent since the listing
-                except OSError as e:
-                    skipped.append(f"skipped {entry.path}: {e.strerror or e}")
-                    continue
-                if message is None:
-                    skipped.append(f"skipped {entry.path}: not a Maildir message name")
-                elif message.base in found:
-                    # One message, two files: serving both would repeat a UIDL.
-                    skipped.append(f"skipped {entry.path}: duplicate of {found[message.base].path}")
-                else:
-                    found[message.base] = message
-        ordered = sorted(found.values(), key=lambda m: (m.arrival, m.base))
-        return ordered[:limit] if limit else ordered
+            if stat.S_ISLNK(st.st_mode):
+                skipped.append(f"skipped {maildir / sub}: a symbolic link, not served")
+                stamp.append(None)
+                continue
+            stamp.append((st.st_ino, st.st_mtime_ns))
+            subdirs.append(sub)
+        key = (user, folder)
+        with self._listings_guard:
+            cached = self._listings.get(key)
+            if cached is not None and cached.stamp == stamp:
+                self._listings.move_to_end(key)
+                skipped.extend(cached.problems)
+                return cached.listing.head(limit)
+        found: list[str] = []
+        listing = build_listing(user, os.fsencode(maildir),
+                                lambda directory, name: self._describe(user, Path(directory), name),
+                                found, tuple(subdirs))
+        skipped.extend(found)
+        # A change in the same timestamp tick as the listing could leave the mtime as it
+        # was; only a listing of directories that had been still for a while is kept.
+        settled = (started - MTIME_SETTLE_SECONDS) * 1e9
+        if all(s is None or s[1] < settled for s in stamp):
+            self._keep(key, _CachedListing(stamp, listing, found))
+        return listing.head(limit)
+
+    def _keep(self, key: tuple[str, str], entry: _CachedListing) -> None:
+        with self._listings_guard:
+            self._listings.pop(key, None)
+            self._listings[key] = entry
+            total = sum(len(e.listing) for e in self._listings.values())
+            while total > LISTING_CACHE_MESSAGES and len(self._listings) > 1:
+                _, evicted = self._listings.popitem(last=False)
+                total -= len(evicted.listing)
 
     def _describe(self, user: str, directory: Path, name: str) -> StoredMessage | None:
         parts = parse_name(name)
         if parts is None:
             return None
         base, fields, info = parts
-        arrival = _arrival(base)
-        physical, wire = _int(fields.get("S")), _int(fields.get("W"))
+        arrival = arrival_of(base)
+        physical, wire = size_field(fields.get("S")), size_field(fields.get("W"))
         if arrival is None or physical is None or wire is None:
             # Measure once and cache the result in the name (and, for a name with no
             # leading timestamp, the arrival time too), so the UIDL stays stable.
@@ -335,7 +310,7 @@ class MailStore:
             if arrival is None:
                 mtime = path.stat().st_mtime
                 base = f"{int(mtime)}.M{int((mtime % 1) * 1e6):06d}.{base}"
-                arrival = _arrival(base)
+                arrival = arrival_of(base)
                 assert arrival is not None
             # Keep any other ",X=" fields the delivering agent wrote.
             others = "".join(f",{k}={v}" for k, v in fields.items() if k not in ("S", "W"))
@@ -363,7 +338,7 @@ class MailStore:
         message keeps its UIDL.
         """
         source = Path(message.path)
-        info = _NAME.match(source.name)
+        info = NAME.match(source.name)
         flags = ""
         if info is not None and info["info"] and info["info"].startswith("2,"):
             flags = info["info"][2:]
@@ -536,31 +511,6 @@ def measure(path: str | os.PathLike[str]) -> tuple[int, int]:
         while block := f.read(READ_BLOCK):
             counter.feed(block)
     return counter.physical, counter.size
-
-
-def parse_name(name: str) -> tuple[str, dict[str, str], str | None] | None:
-    """Split a Maildir file name into its base, ``,X=`` fields and ``:info``; None if foreign."""
-    match = _NAME.match(name)
-    if match is None:
-        return None
-    fields = dict(f.split("=", 1) for f in match["fields"].split(",")[1:])
-    return match["base"], fields, match["info"]
-
-
-def _arrival(base: str) -> float | None:
-    match = _ARRIVAL.match(base)
-    if match is None:
-        return None
-    usec = match["usec"]
-    # Maildir's M<n> is the microsecond counter in plain decimal (Dovecot and Postfix
-    # do not zero-pad it): M5 is 5 microseconds, not half a second.
-    return int(match["sec"]) + (int(usec) / 1e6 if usec else 0.0)
-
-
-def _int(text: str | None) -> int | None:
-    if text is None or not text.isdigit():
-        return None
-    return int(text)
 
 
 def _rename_new(source: Path, target: Path) -> None:
