@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -106,6 +107,7 @@ def users() -> tuple[list[str], list[str]]:
 def prepare(data: Path, messages: dict[str, bytes]) -> None:
     """The password file and every mailbox, written directly (no fsync: it is throw-away)."""
     active, idle = users()
+    data.mkdir(parents=True, exist_ok=True)
     (data / "passwd").write_text("".join(f"{u}:{{PLAIN}}{PASSWORD}\n" for u in active + idle))
     store = MailStore(data / "mail", "load")
     # One file per message, hard-linked into every mailbox: one page-cache copy.
@@ -188,6 +190,8 @@ async def session(host: str, port: int, user: str, rng: random.Random, messages:
         sizes = {int(n): int(s) for n, s in (line.split() for line in listing)}
         if len(sizes) != count or sum(sizes.values()) != octets:
             raise BadReply(f"LIST {sizes} does not add up to STAT {count} {octets}")
+        if count != MESSAGES_PER_BOX:
+            raise BadReply(f"STAT: {count} messages, not the {MESSAGES_PER_BOX} every session leaves")
         uids = (await conn.multiline(b"UIDL")).split(b"\r\n")[:-1]
         if len({line.split()[1] for line in uids}) != count:
             raise BadReply("UIDL: not one unique id per message")
@@ -365,7 +369,7 @@ def error_lines(log: Path) -> list[str]:
 
 
 async def run(args: argparse.Namespace, pid: int | None, host: str, port: int,
-              smtp: tuple[str, int], messages: dict[str, bytes]) -> tuple[Figures, dict[str, float]]:
+              smtp: tuple[str, int], messages: dict[str, bytes]) -> tuple[Figures, dict[str, Any]]:
     figures = Figures()
     stop = asyncio.Event()
     samples: list[tuple[float, int, int]] = []  # (seconds since the start, RSS KiB, connections)
