@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA := vmspop-data
 STAMP := $(VENV)/.installed
 
-.PHONY: run test interop bench fuzz clean
+.PHONY: run test interop bench load fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ interop: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet matplotlib || echo "matplotlib could not be installed: no chart"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+## load: 1,000 concurrent connections (900 idle, 100 in whole sessions plus SMTP) against a real
+## twistd vmspop for LOAD_SECONDS (default 60); prints sessions, errors, server RSS and log errors
+LOAD_SECONDS ?= 60
+load: $(STAMP)
+	$(BIN)/python benchmarks/load.py --seconds $(LOAD_SECONDS)
 
 ## fuzz: coverage-guided fuzzing (atheris) of the command parser and the MAIL-11 importer,
 ## FUZZ_SECONDS each (default 60); new corpus entries land in fuzz/corpus/ (commit them)

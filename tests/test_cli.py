@@ -641,6 +641,28 @@ def test_deliver_disk_full_exits_75_delivering_nothing(env: Env,
         assert env.files(user) == [] and env.files(user, sub="tmp") == []
 
 
+def test_deliver_io_error_exits_75_delivering_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO from fsync of the second copy (a failing disk): 75, the cause named, no file left."""
+    env.add("jones")
+    env.add("smith")
+    real_fsync = os.fsync
+    calls = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    status = env.run("deliver", "jones", "smith", stdin=MESSAGE)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert status == 75
+    assert "Input/output error" in env.one_error_line()
+    for user in ("jones", "smith"):
+        assert env.files(user) == [] and env.files(user, sub="tmp") == []
+
+
 @pytest.mark.parametrize("error", [
     DeliveryError("cannot store the message: Resource temporarily unavailable"),
     DeliveryError("cannot store the message: Permission denied", temporary=False),

@@ -144,6 +144,29 @@ def test_disk_full_answers_452_and_stores_nothing(live: Live, monkeypatch: pytes
         assert stored(live, user) == [] and leftovers(live, user) == []
 
 
+def test_io_error_answers_451_and_stores_nothing(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO from fsync (a failing disk) gives 451 4.3.0 (retry later), and no file anywhere;
+    the SMTP session and the next delivery go on."""
+    import os
+    real = os.fsync
+    calls = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the message's fsync, before the rename into new/
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with smtp(live) as client:
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            client.sendmail("alice@example.org", ["jones@localhost"], MESSAGE)
+        assert caught.value.smtp_code == 451 and caught.value.smtp_error.startswith(b"4.3.0")
+        assert stored(live) == [] and leftovers(live) == []
+        assert client.sendmail("alice@example.org", ["jones@localhost"], MESSAGE) == {}
+    assert len(stored(live)) == 1 and leftovers(live) == []
+
+
 def test_drop_mid_data_leaves_nothing(live: Live) -> None:
     """A client that disconnects in the middle of DATA leaves nothing behind."""
     sock = socket.create_connection(("127.0.0.1", live.smtp_port), timeout=10)

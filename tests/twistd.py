@@ -22,12 +22,15 @@ def free_port() -> int:
 
 
 def start_twistd(data: Path, port: int, *options: str, logfile: str = "/dev/null",
-                 **popen: Any) -> subprocess.Popen:
+                 smtp: int | None = None, **popen: Any) -> subprocess.Popen:
     """`twistd -n vmspop` on ``data``'s mail root and password file, POP3 on 127.0.0.1:``port``,
-    no SMTP, no failure delay; ``options`` are added; returns once it is started."""
+    no failure delay, and SMTP on 127.0.0.1:``smtp`` for the domain ``localhost`` (or no SMTP
+    when ``smtp`` is None); ``options`` are added; returns once it is started."""
+    listener = (["--smtp", f"tcp:{smtp}:interface=127.0.0.1", "--hostname", "localhost"]
+                if smtp is not None else ["--no-smtp"])
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", f"--logfile={logfile}",
-         "vmspop", "--mail-root", str(data / "mail"), "--passwd", str(data / "passwd"), "--no-smtp",
+         "vmspop", "--mail-root", str(data / "mail"), "--passwd", str(data / "passwd"), *listener,
          "--auth-failure-delay", "0", "--pop3", f"tcp:{port}:interface=127.0.0.1", *options],
         cwd=data, env=dict(os.environ, PYTHONPATH=str(ROOT)), **popen)
     return process

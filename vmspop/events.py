@@ -166,6 +166,11 @@ class EventLog:
         """A server-side fault, with the current exception's traceback."""
         self.log.failure(message, **fields)
 
+    def update_incomplete(self, *, user: str, rip: str, session: str, summary: str, why: str) -> None:
+        """A QUIT update whose changes could not all be made (disk full, I/O error): one line."""
+        self.log.error("update of user=<{user}> rip={rip} session=<{session}> incomplete: {summary}: {why}",
+                       user=safe(user), rip=rip, session=session, summary=summary, why=why)
+
     def error(self, message: str, **fields: object) -> None:
         """A server-side problem without a traceback."""
         self.log.error(message, **fields)

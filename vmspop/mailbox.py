@@ -5,11 +5,13 @@ marks for DELE and RETR, and nothing touched on disk until QUIT.  At QUIT
 (:meth:`VMSMailbox.sync`) deleted messages are removed and, in the default mode,
 messages retrieved with RETR but not deleted move from NEWMAIL to MAIL.  Every
 change is a single unlink or rename, so a crash in the middle leaves each message
-in exactly one place.
+in exactly one place.  A change that fails (disk full, I/O error) leaves its message
+where it was; the others are still made, and :class:`UpdateIncomplete` says what failed.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from collections.abc import Iterator
 from typing import IO
@@ -23,7 +25,7 @@ from vmspop.names import StoredMessage
 from vmspop.store import MAIL, NEWMAIL, MailStore, UserLock
 from vmspop.threads import ThreadRunner
 
-__all__ = ["UpdateResult", "VMSMailbox", "BadMessageNumber"]
+__all__ = ["UpdateIncomplete", "UpdateResult", "VMSMailbox", "BadMessageNumber"]
 
 
 class BadMessageNumber(ValueError):
@@ -43,6 +45,57 @@ class UpdateResult:
     deleted: int
     moved: int
     missing: int
+
+
+class UpdateIncomplete(Exception):
+    """A QUIT update that could not make every change (the server's fault, not the client's).
+
+    Each change that failed left its message where it was, so nothing is lost or
+    duplicated; the next session shows those messages again.
+
+    Attributes:
+        result: the changes that were made.
+        not_removed: deleted messages whose file could not be removed.
+        not_moved: retrieved messages that could not be moved to MAIL.
+        cause: the first error met, for the operator's one log line.
+    """
+
+    def __init__(self, result: UpdateResult, not_removed: int, not_moved: int, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.result = result
+        self.not_removed = not_removed
+        self.not_moved = not_moved
+        self.cause = cause
+
+    def reply(self) -> str:
+        """The client's -ERR text (RFC 1939's "some deleted messages not removed", made exact)."""
+        parts = []
+        if self.not_removed:
+            parts.append(f"{_messages(self.not_removed, 'deleted')} not removed")
+        if self.not_moved:
+            parts.append(f"{_messages(self.not_moved, 'retrieved')} not moved to MAIL")
+        if not parts:
+            return "mailbox changes made but not confirmed on disk (server storage error)"
+        return ", ".join(parts) + " (server storage error); shown again at your next login"
+
+    def why(self) -> str:
+        """The cause as the operator reads it: the error and the file it hit."""
+        e = self.cause
+        path = f" ({os.fsdecode(e.filename)})" if e.filename is not None else ""
+        return f"{e.strerror or e}{path}"
+
+    def summary(self) -> str:
+        """What failed, for the operator's log line."""
+        r = self.result
+        if not (self.not_removed or self.not_moved):
+            return f"all {r.deleted} deletions and {r.moved} moves to MAIL made, but not synced to disk"
+        return (f"{self.not_removed} of {r.deleted + self.not_removed} deletions and "
+                f"{self.not_moved} of {r.moved + self.not_moved} moves to MAIL not made "
+                f"(those messages left where they were)")
+
+
+def _messages(count: int, kind: str) -> str:
+    return f"{count} {kind} message{'' if count == 1 else 's'}"
 
 
 @implementer(IMailbox)
@@ -170,7 +223,8 @@ class VMSMailbox:
         """The UPDATE state: apply the marks on disk, in a thread.
 
         Returns:
-            A Deferred firing with an :class:`UpdateResult`.
+            A Deferred firing with an :class:`UpdateResult`, or failing with
+            :class:`UpdateIncomplete` when some change could not be made.
         """
         deleted = [self.messages[i] for i in sorted(self.deleted)]
         moving = ([self.messages[i] for i in sorted(self.retrieved - self.deleted)]
@@ -180,14 +234,33 @@ class VMSMailbox:
         return self._run(self._apply, deleted, moving)
 
     def _apply(self, deleted: list[StoredMessage], moving: list[StoredMessage]) -> UpdateResult:
-        missing = 0
-        for message in moving:
-            missing += not self.store.move_to_mail(self.user, message)
+        # Deletions first: on a full disk they free the space a move may need (a new
+        # directory block, or MAIL/cur itself).  A failed change leaves its message in
+        # place and the others are still tried: RFC 1939 allows "some or none" removed,
+        # and each change made is one the next session need not repeat.
+        missing = not_removed = not_moved = 0
+        cause: OSError | None = None
         for message in deleted:
-            missing += not self.store.remove(message)
+            try:
+                missing += not self.store.remove(message)
+            except OSError as e:
+                not_removed += 1
+                cause = cause or e
+        for message in moving:
+            try:
+                missing += not self.store.move_to_mail(self.user, message)
+            except OSError as e:
+                not_moved += 1
+                cause = cause or e
         if deleted or moving:
-            self.store.sync_folders(self.user)
-        return UpdateResult(len(deleted), len(moving), missing)
+            try:
+                self.store.sync_folders(self.user)
+            except OSError as e:  # the changes are made, but may not survive a power cut
+                cause = cause or e
+        result = UpdateResult(len(deleted) - not_removed, len(moving) - not_moved, missing)
+        if cause is not None:
+            raise UpdateIncomplete(result, not_removed, not_moved, cause)
+        return result
 
     # -- end of session -------------------------------------------------------------------
 

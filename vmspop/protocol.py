@@ -28,7 +28,7 @@ from zope.interface import implementer_only
 
 from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
-from vmspop.mailbox import BadMessageNumber, UpdateResult, VMSMailbox
+from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
 from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, StreamStopped, Streamer
 
@@ -700,8 +700,16 @@ class VMSPOP3(pop3.POP3):
 
         def failed(failure: Failure) -> None:
             mbox.logout()
-            self.events.failure("update of user=<{user}> failed", failure=failure, user=mbox.user)
-            self._send(wire.err("some deleted messages not removed", "SYS/TEMP"))
+            if failure.check(UpdateIncomplete):
+                # A storage error: one line with its cause, whatever the number of messages.
+                incomplete = failure.value
+                self.events.update_incomplete(user=mbox.user, rip=self.rip, session=self.session,
+                                              summary=incomplete.summary(), why=incomplete.why())
+                reply = incomplete.reply()
+            else:
+                self.events.failure("update of user=<{user}> failed", failure=failure, user=mbox.user)
+                reply = "some deleted messages not removed"  # RFC 1939's words
+            self._send(wire.err(reply, "SYS/TEMP"))
             self._close()
 
         return d.addCallbacks(updated, failed)
