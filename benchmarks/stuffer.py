@@ -4,8 +4,8 @@
 
 RETR turns each 256 KiB block of a stored (LF) message into the wire form: LF ->
 CRLF, then "." doubled at the start of lines.  Its cost depends on the content, so
-this feeds 64 MiB of each kind in 256 KiB blocks and also times the two
-``bytes.replace`` passes on one block.  It prints numbers; it is not a test.
+this feeds 64 MiB of each kind in 256 KiB blocks and also times its two passes on
+one block: ``replace`` for the line ends, ``split``/``join`` for the dots.  It prints numbers; it is not a test.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> int:
         lf = (time.perf_counter() - t) / 50 * 1000
         t = time.perf_counter()
         for _ in range(50):
-            crlf.replace(b"\n.", b"\n..")
+            b"\n..".join(crlf.split(b"\n."))
         dot = (time.perf_counter() - t) / 50 * 1000
         print(f"{name:40s} {rate:12.0f} {lf:12.2f} {dot:12.2f}")
     return 0

@@ -133,7 +133,7 @@ class VMSMailbox:
         self.problems: list[str] = []
         # What the ID headers add to every message: the same for all, since every
         # UIDL of one user has the same length.
-        self._extra = self._wire_length(self.prefix(messages[0])) if id_server and messages else 0
+        self._extra = self._wire_length(self.prefix(0)) if id_server and messages else 0
         # Kept up to date by DELE and RSET: STAT and the login reply cost nothing per message.
         self._all_octets = messages.total_wire + len(messages) * self._extra
         self._live_octets = self._all_octets
@@ -157,22 +157,18 @@ class VMSMailbox:
         """The live message at ``index`` (see :meth:`check` for the errors)."""
         return self.messages[self.check(index)]
 
-    def prefix(self, message: StoredMessage) -> bytes:
-        """Octets sent before the stored message: the ID headers, if enabled (LF ends)."""
+    def prefix(self, index: int) -> bytes:
+        """Octets sent before stored message ``index``: the ID headers, if enabled (LF ends)."""
         if self.id_server is None:
             return b""
-        return f"X-POP3-Server: {self.id_server}\nX-POP3-ID: {message.uid}\n".encode("ascii")
+        return f"X-POP3-Server: {self.id_server}\nX-POP3-ID: {self.uid_at(index)}\n".encode("ascii")
 
     @staticmethod
     def _wire_length(stored: bytes) -> int:
         return len(stored) + stored.count(b"\n")
 
-    def size(self, message: StoredMessage) -> int:
-        """The message's size on the wire (CRLF line ends, before byte-stuffing)."""
-        return message.wire + self._wire_length(self.prefix(message))
-
     def size_at(self, index: int) -> int:
-        """:meth:`size` of message ``index``, without building its :class:`StoredMessage`."""
+        """Message ``index``'s size on the wire (CRLF line ends, before byte-stuffing)."""
         return self.messages.wire[index] + self._extra
 
     def uid_at(self, index: int) -> str:

@@ -593,22 +593,23 @@ class VMSPOP3(pop3.POP3):
         mbox = self.mbox
         assert mbox is not None
         index = number - 1
-        message = mbox.message(index)
-        source = FileSource(message.path, self.factory.run_in_thread, self.factory.block_size)
+        mbox.check(index)
+        path, size = mbox.messages.path(index), mbox.size_at(index)
+        source = FileSource(path, self.factory.run_in_thread, self.factory.block_size)
 
         def opened(_: Any) -> defer.Deferred:
             stuffer = wire.Stuffer()
             transform = stuffer.feed
             read = source.read
             if body_lines is None:
-                self._send(wire.ok(f"{mbox.size(message)} octets"))
+                self._send(wire.ok(f"{size} octets"))
             else:
                 self._send(wire.ok("top of message follows"))
                 top = wire.TopFilter(body_lines)
                 transform = lambda block: stuffer.feed(top.feed(block))  # noqa: E731
                 # Stop reading once the requested lines are out.
                 read = lambda: defer.succeed(b"") if top.done else source.read()  # noqa: E731
-            prefix = mbox.prefix(message)
+            prefix = mbox.prefix(index)
             if prefix:
                 self.transport.write(transform(prefix))
             if source.whole is not None:
@@ -623,15 +624,15 @@ class VMSPOP3(pop3.POP3):
             if body_lines is None:
                 mbox.mark_retrieved(index)
                 self._stats["retr"] += 1
-                self._stats["retr_octets"] += mbox.size(message)
-                self.factory.stats.retrieved(mbox.size(message))
+                self._stats["retr_octets"] += size
+                self.factory.stats.retrieved(size)
             else:
                 self._stats["top"] += 1
 
         def unreadable(failure: Failure) -> None:
             failure.trap(OSError)
             self.events.error("message {path} of user=<{user}> cannot be read: {why}",
-                              path=message.path, user=mbox.user, why=str(failure.value))
+                              path=path, user=mbox.user, why=str(failure.value))
             self._send(wire.err(f"message {number} is no longer available", "SYS/TEMP"))
 
         return source.open().addCallbacks(opened, unreadable)
