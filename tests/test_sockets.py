@@ -281,6 +281,36 @@ def test_proxied_connections_count_per_client(reactor: Any, tmp_path: Path) -> N
         live.stop()
 
 
+def test_proxied_connection_refused_by_address_is_counted_out(reactor: Any, tmp_path: Path) -> None:
+    """A PROXY connection refused once its address is known frees its --max-sessions slot."""
+    from twisted.internet import endpoints
+    live = start(reactor, tmp_path, max_sessions=2, max_sessions_per_ip=1)
+    endpoint = endpoints.serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1")
+    port = blockingCallFromThread(reactor, endpoint.listen, live.factory)
+
+    def proxied() -> bytes:
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10) as sock:
+            sock.sendall(b"PROXY TCP4 203.0.113.1 127.0.0.1 40000 110\r\n")
+            greeting = sock.recv(1024)
+            sock.sendall(b"NOOP\r\n")
+            return greeting + sock.recv(1024)
+
+    try:
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10) as first:
+            first.sendall(b"PROXY TCP4 203.0.113.1 127.0.0.1 40000 110\r\nNOOP\r\n")
+            assert first.recv(1024).startswith(b"+OK POP server")
+            for _ in range(3):  # each refused, and each must give its slot back
+                assert b"too many connections from your address" in proxied()
+        deadline = time.monotonic() + 10
+        while live.factory.sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not live.factory.sessions and live.factory.tally.total() == 0
+        assert proxied().startswith(b"+OK POP server")
+    finally:
+        blockingCallFromThread(reactor, port.stopListening)
+        live.stop()
+
+
 #: Clients per kind in the descriptor-leak test (issue 6 asks for thousands in all).
 LEAK_CLIENTS = int(os.environ.get("VMSPOP_LEAK_CLIENTS", "1000"))
 

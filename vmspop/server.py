@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import platform
-from collections import Counter
 import secrets
 import time
 from typing import Any
@@ -34,6 +33,7 @@ from vmspop.protocol import VMSPOP3
 from vmspop.smtp import SMTPFactory
 from vmspop.stats import ServerStats
 from vmspop.store import MailStore
+from vmspop.tally import LocalTally, SessionTally
 from vmspop.threads import ThreadRunner, thread_runner
 from vmspop.tls import TLSCertificate
 from vmspop.transfer import BLOCK_SIZE
@@ -59,7 +59,8 @@ class POP3Factory(ServerFactory):
     noisy = False  # vmspop logs its own events; "Starting factory" lines are noise
 
     def __init__(self, config: ServerConfig, portal: SessionPortal, clock: IReactorTime,
-                 run_in_thread: ThreadRunner, events: EventLog, tls: TLSCertificate | None = None) -> None:
+                 run_in_thread: ThreadRunner, events: EventLog, tls: TLSCertificate | None = None,
+                 tally: SessionTally | None = None) -> None:
         self.config = config
         self.tls = tls
         self.portal = portal
@@ -71,7 +72,8 @@ class POP3Factory(ServerFactory):
         self.stats = ServerStats(started=self.started)
         self.stats_users = frozenset(u.lower() for u in config.stats_users)
         self.sessions: set[VMSPOP3] = set()
-        self._per_address: Counter[str] = Counter()
+        #: Counts for --max-sessions(-per-ip): this process's, or every worker's (--workers).
+        self.tally: SessionTally = tally if tally is not None else LocalTally()
         self._counted: dict[VMSPOP3, str | None] = {}
         self.block_size = BLOCK_SIZE
         self._challenges = itertools.count(1)
@@ -86,29 +88,30 @@ class POP3Factory(ServerFactory):
         Args:
             session: the connection.
             address: its client address, or None while it is not known yet (behind a
-                PROXY-protocol listener, until the header is read).
+                PROXY-protocol listener, until the header is read).  A session admitted
+                so is admitted again with its address; if that is refused, the session
+                is counted out here, since the caller closes it.
         """
-        refused = self._refusal(session, address)
+        key = address_key(address) if address is not None else None
+        limits = self.config
+        if session not in self.sessions:
+            refused = self.tally.add(key, limits.max_sessions, limits.max_sessions_per_ip)
+            if refused is None:
+                self.sessions.add(session)
+                self._counted[session] = key
+                self.stats.session_started(len(self.sessions))
+        else:
+            old = self._counted[session]
+            if old == key:
+                return None
+            refused = self.tally.rekey(old, key, limits.max_sessions_per_ip)
+            if refused is None:
+                self._counted[session] = key
+            else:
+                self.release(session)
         if refused is not None:
             self.stats.refused_sessions += 1
-            return refused
-        key = address_key(address) if address is not None else None
-        if session not in self.sessions:
-            self.stats.session_started(len(self.sessions) + 1)
-        self.release(session)
-        self.sessions.add(session)
-        self._counted[session] = key
-        if key is not None:
-            self._per_address[key] += 1
-        return None
-
-    def _refusal(self, session: VMSPOP3, address: str | None) -> str | None:
-        if session not in self.sessions and len(self.sessions) >= self.config.max_sessions:
-            return "too-many-sessions"
-        key = address_key(address) if address is not None else None
-        if key is not None and self._per_address[key] >= self.config.max_sessions_per_ip:
-            return "too-many-sessions-from-address"
-        return None
+        return refused
 
     def cut(self, session: VMSPOP3) -> bool:
         """Close a session at shutdown; one in its QUIT update is let finish."""
@@ -121,13 +124,10 @@ class POP3Factory(ServerFactory):
                                  current_sessions=len(self.sessions), current_users=users)
 
     def release(self, session: VMSPOP3) -> None:
-        """Count a closed connection out."""
-        self.sessions.discard(session)
-        key = self._counted.pop(session, None)
-        if key is not None:
-            self._per_address[key] -= 1
-            if not self._per_address[key]:
-                del self._per_address[key]
+        """Count a closed connection out (once; a connection never admitted is ignored)."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.tally.remove(self._counted.pop(session, None))
 
     def challenge(self) -> bytes:
         """A fresh APOP timestamp, in the OpenVMS server's shape.
