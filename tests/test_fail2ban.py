@@ -27,12 +27,13 @@ def failregexes() -> list[re.Pattern[str]]:
 
 
 def serve_and_fail(tmp_path: Path) -> str:
-    """Run twistd vmspop, fail two logins and log in once; return its log."""
+    """Run twistd vmspop with two workers (their lines reach the supervisor's log), fail two
+    logins and log in once; return the log."""
     PasswordFile(tmp_path / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
     MailStore(tmp_path / "mail").create_mailbox("jones")
     port = free_port()
     log = tmp_path / "twistd.log"
-    process = start_twistd(tmp_path, port, logfile=str(log))
+    process = start_twistd(tmp_path, port, logfile=str(log), workers=2)
     try:
         client = connect(port, process)
         for password in ("guess1", "guess2"):

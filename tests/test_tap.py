@@ -40,6 +40,7 @@ def test_defaults_are_the_embedded_default() -> None:
     assert config.passwd == Path("vmspop-data/passwd")
     assert config.pop3 == ("tcp:1110:interface=127.0.0.1",)
     assert (config.max_auth_attempts, config.idle_timeout, config.security) == (2, 600.0, "secure")
+    assert config.workers is None  # one worker per core, decided when the service is made
 
 
 def test_every_setting_is_an_option() -> None:
@@ -56,11 +57,12 @@ def test_command_line_values() -> None:
     config = parse("--mail-root", "/srv/mail", "--pop3", "tcp:110", "--pop3", "unix:/tmp/p.sock",
                    "--leave-in-newmail", "--security", "FRIENDLY", "--idle-timeout", "0",
                    "--max-sessions", "5", "--message-maximum", "100", "--hostname", "pop.example.org",
-                   "--max-auth-attempts", "3", "--auth-failure-delay", "0.5", "--trace")
+                   "--max-auth-attempts", "3", "--auth-failure-delay", "0.5", "--trace",
+                   "--workers", "3")
     assert config.mail_root == Path("/srv/mail") and config.pop3 == ("tcp:110", "unix:/tmp/p.sock")
     assert config.leave_in_newmail and config.trace and config.security == "friendly"
     assert (config.idle_timeout, config.max_sessions, config.message_maximum) == (0.0, 5, 100)
-    assert (config.max_auth_attempts, config.auth_failure_delay) == (3, 0.5)
+    assert (config.max_auth_attempts, config.auth_failure_delay, config.workers) == (3, 0.5, 3)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -70,6 +72,8 @@ def test_command_line_values() -> None:
     (["--idle-timeout", "soon"], "--idle-timeout"),
     (["--hostname", "a b"], "--hostname"),
     (["--leave-in-newmail", "--use-mail-folder"], "exclude each other"),
+    (["--workers", "0"], "--workers must be between 1 and 64"),
+    (["--workers", "many"], "--workers"),
 ])
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
     """Every bad value is a UsageError that names the option."""
@@ -124,7 +128,8 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     options = Options()
     options.parseOptions(["--mail-root", str(tmp_path), "--pop3", "tcp:1234:interface=127.0.0.1",
-                          "--pop3", "tcp:5678", "--smtp", "tcp:2526:interface=127.0.0.1"])
+                          "--pop3", "tcp:5678", "--smtp", "tcp:2526:interface=127.0.0.1",
+                          "--workers", "1"])
     service = makeService(options, reactor)
     service.startService()
     ports = {port: (factory, interface) for port, factory, _, interface in reactor.tcpServers}
@@ -140,7 +145,7 @@ def test_default_smtp_listener_and_no_smtp(tmp_path: Path) -> None:
     for argv, expected in (([], [1110, 2525]), (["--no-smtp"], [1110])):
         reactor = MemoryReactorClock()
         options = Options()
-        options.parseOptions(["--mail-root", str(tmp_path), *argv])
+        options.parseOptions(["--mail-root", str(tmp_path), "--workers", "1", *argv])
         makeService(options, reactor).startService()
         assert sorted(port for port, *_ in reactor.tcpServers) == expected
 

@@ -61,6 +61,9 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 MAX_AUTH_FAILURE_DELAY = 60.0
 #: RFC 1035 limit for a domain name; it also keeps the greeting within 512 octets.
 MAX_HOSTNAME = 255
+#: Each worker is a whole Python process (some 40 MiB resident before any session); more
+#: than this is likelier a typo than a plan, and would only add memory, not throughput.
+MAX_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -167,6 +170,9 @@ SETTINGS: tuple[Setting, ...] = (
             "failed logins allowed per connection before it is closed"),
     Setting("auth-failure-delay", "float", DEFAULT_AUTH_FAILURE_DELAY,
             "seconds to wait before answering a failed login"),
+    Setting("workers", "int", None,
+            "processes that share the listening sockets and serve connections (default: one "
+            "per CPU core, or 1 when an endpoint cannot be shared); 1 = a single process"),
 )
 
 #: Options of ``vmspop import`` that rebuild RFC 822 headers from MAIL-11 ones.  They
@@ -230,6 +236,8 @@ class ServerConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_auth_attempts: int = DEFAULT_MAX_AUTH_ATTEMPTS
     auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY
+    #: None: one per core (twistd); only make_service(..., workers=True) looks at it.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         for problem in self.problems():
@@ -256,6 +264,8 @@ class ServerConfig:
             found.append("--max-auth-attempts must be at least 1")
         if not 0 <= self.auth_failure_delay <= MAX_AUTH_FAILURE_DELAY:
             found.append(f"--auth-failure-delay must be between 0 and {MAX_AUTH_FAILURE_DELAY:g} seconds")
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
+            found.append(f"--workers must be between 1 and {MAX_WORKERS}")
         if (not self.hostname or len(self.hostname) > MAX_HOSTNAME
                 or any(not 0x21 <= ord(c) <= 0x7E or c in "<>@" for c in self.hostname)):
             found.append("--hostname must be 1-255 printable characters without spaces, <, > or @")
@@ -299,6 +309,21 @@ class ServerConfig:
                 continue
             kwargs[setting.attribute] = coerce(setting, value)
         return cls(**kwargs)
+
+    def to_settings(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_settings`: option-name keyed, TOML/JSON-typed values
+        (how the configuration reaches a worker process)."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.attribute)
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            values[setting.name] = value
+        return values
 
     def replace(self, **changes: Any) -> ServerConfig:
         """A copy with some fields changed (validated again)."""

@@ -14,12 +14,13 @@ import itertools
 import platform
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 
 from vmspop._version import __version__
@@ -60,7 +61,7 @@ class POP3Factory(ServerFactory):
 
     def __init__(self, config: ServerConfig, portal: SessionPortal, clock: IReactorTime,
                  run_in_thread: ThreadRunner, events: EventLog, tls: TLSCertificate | None = None,
-                 tally: SessionTally | None = None) -> None:
+                 tally: SessionTally | None = None, worker: str | None = None) -> None:
         self.config = config
         self.tls = tls
         self.portal = portal
@@ -74,6 +75,8 @@ class POP3Factory(ServerFactory):
         self.sessions: set[VMSPOP3] = set()
         #: Counts for --max-sessions(-per-ip): this process's, or every worker's (--workers).
         self.tally: SessionTally = tally if tally is not None else LocalTally()
+        #: "2 of 4 (pid 4242)" in a worker process, for XTND STATS; None in a single process.
+        self.worker = worker
         self._counted: dict[VMSPOP3, str | None] = {}
         self.block_size = BLOCK_SIZE
         self._challenges = itertools.count(1)
@@ -120,8 +123,13 @@ class POP3Factory(ServerFactory):
     def report(self) -> list[str]:
         """The ``XTND STATS`` lines."""
         users = sorted(s.mbox.user for s in self.sessions if s.mbox is not None)
+        extra = []
+        if self.worker is not None:
+            # Every other figure is this worker's own; say whose, and the server's total.
+            extra = [f"Worker : {self.worker}", f"All Workers Threads : {self.tally.total()}"]
         return self.stats.report(version=__version__, log_level=self.config.log_level,
-                                 current_sessions=len(self.sessions), current_users=users)
+                                 current_sessions=len(self.sessions), current_users=users,
+                                 extra=extra)
 
     def release(self, session: VMSPOP3) -> None:
         """Count a closed connection out (once; a connection never admitted is ignored)."""
@@ -171,7 +179,8 @@ def _defaults(config: ServerConfig, reactor: Any, events: EventLog | None,
 
 def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
                       run_in_thread: ThreadRunner | None = None,
-                      tls: TLSCertificate | None = None) -> POP3Factory:
+                      tls: TLSCertificate | None = None, *, tally: SessionTally | None = None,
+                      worker: str | None = None) -> POP3Factory:
     """Build a POP3 factory with its store, password file, checker, realm and portal.
 
     Args:
@@ -180,6 +189,8 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
         events: the operator's log (default: one built from ``config``).
         run_in_thread: default: the reactor's thread pool.
         tls: the STLS certificate (default: loaded from ``config``).
+        tally: where sessions are counted (default: in this process only).
+        worker: this worker's description for ``XTND STATS`` (worker processes only).
     """
     events, run, tls = _defaults(config, reactor, events, run_in_thread, tls)
     store = MailStore(config.mail_root, config.hostname)
@@ -192,7 +203,7 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
                                  if config.send_id_headers else None))
     portal = SessionPortal(realm, [checker], clock=reactor, failure_delay=config.auth_failure_delay,
                            events=events)
-    return POP3Factory(config, portal, reactor, run, events, tls)
+    return POP3Factory(config, portal, reactor, run, events, tls, tally=tally, worker=worker)
 
 
 def make_smtp_factory(config: ServerConfig, reactor: Any, events: EventLog | None = None,
@@ -212,16 +223,43 @@ def make_smtp_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
                        run, reactor, events, tls=tls)
 
 
-def make_service(config: ServerConfig, reactor: Any) -> MultiService:
+def make_service(config: ServerConfig, reactor: Any, *, workers: bool = False) -> MultiService:
     """A service listening on every ``--pop3`` and (unless ``--no-smtp``) ``--smtp`` endpoint.
+
+    Args:
+        config: the server settings.
+        reactor: the reactor to listen and run on.
+        workers: True to serve from ``config.workers`` worker processes that share the
+            listening sockets (what ``twistd vmspop`` does; see :mod:`vmspop.workers`).
+            False (the default) serves in this process, whatever ``config.workers`` says.
 
     Raises:
         ValueError: an endpoint description cannot be parsed.
     """
+    if workers:
+        from vmspop.workers import make_worker_pool  # here: embedding never loads it
+        return make_worker_pool(config, reactor)
+    return build_service(config, reactor)
+
+
+def build_service(config: ServerConfig, reactor: Any, *,
+                  endpoint: Callable[[str], IStreamServerEndpoint] | None = None,
+                  tally: SessionTally | None = None, worker: str | None = None) -> MultiService:
+    """The single-process service of :func:`make_service`, also what each worker runs.
+
+    Args:
+        config: the server settings.
+        reactor: the reactor to listen and run on.
+        endpoint: turns an endpoint description into the endpoint to listen on
+            (default: ``serverFromString``; a worker adopts the supervisor's sockets).
+        tally: where POP3 sessions are counted (default: in this process).
+        worker: this worker's description for ``XTND STATS``.
+    """
     top = MultiService()
     events = EventLog(config.log_level, config.trace)
     tls = load_tls(config, events)
-    pop3_factory = make_pop3_factory(config, reactor, events, tls=tls)  # one factory: one session count
+    # one factory: one session count
+    pop3_factory = make_pop3_factory(config, reactor, events, tls=tls, tally=tally, worker=worker)
     listeners: list[tuple[str, ServerFactory]] = [(d, pop3_factory) for d in config.pop3]
     drained: list[Any] = [pop3_factory]
     if not config.no_smtp:
@@ -232,9 +270,11 @@ def make_service(config: ServerConfig, reactor: Any) -> MultiService:
     def log_statistics() -> None:
         events.statistics(pop3_factory.report())
 
+    def parse(description: str) -> IStreamServerEndpoint:
+        return endpoints.serverFromString(reactor, description)
+
     # Added first, so stopped last: the listeners close, then the sessions drain.
     DrainService(drained, reactor, config.shutdown_grace, events, log_statistics).setServiceParent(top)
     for description, factory in listeners:
-        endpoint = endpoints.serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        StreamServerEndpointService((endpoint or parse)(description), factory).setServiceParent(top)
     return top

@@ -51,8 +51,10 @@ class ServerStats:
         self.max_octets = max(self.max_octets, octets)
 
     def report(self, *, version: str, log_level: str, current_sessions: int,
-               current_users: list[str], now: float | None = None) -> list[str]:
-        """The ``Label : value`` lines of the VMS report, in its order."""
+               current_users: list[str], now: float | None = None,
+               extra: list[str] | None = None) -> list[str]:
+        """The ``Label : value`` lines of the VMS report, in its order; ``extra`` lines
+        (vmspop's own, e.g. which worker process answers) go before the user list."""
         now = time.time() if now is None else now
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime
@@ -76,6 +78,7 @@ class ServerStats:
             f"Minimum Octets : {self.min_octets or 0}",
             f"Maximum Octets : {self.max_octets}",
             f"Auth Failures : {self.auth_failures}",
+            *(extra or []),
             "Current Users :",
         ]
         lines += [f"{i}. {user}" for i, user in enumerate(current_users)]

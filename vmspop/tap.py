@@ -128,4 +128,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
-    return make_service(options.config, reactor)
+    # twistd serves from --workers processes (default: one per core); see vmspop.workers.
+    return make_service(options.config, reactor, workers=True)
