@@ -7,6 +7,7 @@ accept, so the kernel hands the connection to the one that runs.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import poplib
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import error, task
-from twisted.logger import eventAsJSON, formatEvent
+from twisted.logger import LogLevel, Logger, formatEvent, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 
 from certs import make_certificate
@@ -363,18 +364,31 @@ def test_stop_signals_every_worker_and_waits(pool: WorkerPool) -> None:
     assert done.called and len(reactor.spawned) == 2
 
 
-def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool) -> None:
-    """JSON events (even split across reads) reach the supervisor's log as they were, tagged
-    with the worker; anything else is logged as text."""
+def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool, monkeypatch: Any) -> None:
+    """A worker's events (even split across reads, with a traceback, with a system) read as
+    the same log lines in the supervisor's log; anything else is logged as text."""
+    out = io.StringIO()
+    writer = pool_module._ToSupervisor()
+    monkeypatch.setattr(writer, "out", out)
+    originals: list[dict[str, Any]] = []
+    log = Logger(namespace="vmspop", observer=lambda e: (originals.append(e), writer(e)))
+    log.info("login: user=<{user}> rip={rip}", user="jones", rip="192.0.2.7")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("update of user=<{user}> failed", user="jones")
+    originals.append({"log_format": "POP3Factory starting on 1110", "log_system": "-",
+                      "log_level": LogLevel.info, "log_namespace": "log_legacy", "log_time": 2.0})
+    writer(originals[-1])
+    data = out.getvalue().encode()
     protocol = pool.workers[0]
-    event = {"log_format": "login: user=<{user}>", "user": "jones", "log_namespace": "vmspop",
-             "log_time": 1.0}
-    line = (eventAsJSON(event) + "\n").encode()
-    protocol.outReceived(line[:10])
-    protocol.outReceived(line[10:] + b"not json\n")
+    protocol.outReceived(data[:10])
+    protocol.outReceived(data[10:] + b"not json\n")
     protocol.errReceived(b"Fatal Python error: oops\n")
     relayed = [e for e in pool.events if e.get("vmspop_worker") == 1]  # type: ignore[attr-defined]
-    assert [formatEvent(e) for e in relayed] == ["login: user=<jones>"]
+    assert [formatEventAsClassicLogText(e) for e in relayed] == [
+        formatEventAsClassicLogText(e) for e in originals]
+    assert "ZeroDivisionError" in formatEventAsClassicLogText(relayed[1])
     texts = [formatEvent(e) for e in pool.events]  # type: ignore[attr-defined]
     assert "worker 1 (pid=1000): not json" in texts
     assert "worker 1 (pid=1000): Fatal Python error: oops" in texts

@@ -61,7 +61,7 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 MAX_AUTH_FAILURE_DELAY = 60.0
 #: RFC 1035 limit for a domain name; it also keeps the greeting within 512 octets.
 MAX_HOSTNAME = 255
-#: Each worker is a whole Python process (some 40 MiB resident before any session); more
+#: Each worker is a whole Python process (some 50 MiB resident before any session); more
 #: than this is likelier a typo than a plan, and would only add memory, not throughput.
 MAX_WORKERS = 64
 
