@@ -111,7 +111,7 @@ def main() -> int:
             [str(twistd), "-n", "--pidfile=", "--logfile=/dev/null", "vmspop",
              "--mail-root", str(data / "mail"), "--passwd", str(data / "passwd"),
              "--pop3", f"tcp:{port}:interface=127.0.0.1", "--leave-in-newmail",
-             "--auth-failure-delay", "0", "--no-smtp"],
+             "--auth-failure-delay", "0", "--no-smtp", "--workers", "1"],  # RSS of this one process
             cwd=tmp, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         try:
             for _ in range(100):

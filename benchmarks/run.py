@@ -652,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="short run: 1 run, 10,000-message list, 20 MiB big message, short scenarios")
     parser.add_argument("--runs", type=int, help="runs; medians are reported [3; --quick: 1]")
     parser.add_argument("--servers", default="vmspop,dovecot,dovecot-default,stock,stock-nodelay,ceiling",
-                        help="comma-separated subset of the default list")
+                        help="comma-separated subset of the default list; also vmspop-workers "
+                             "(--workers, one per core; not run by default)")
     parser.add_argument("--scenarios", default="list,login,bulk,big,lag",
                         help="comma-separated subset of the default list")
     parser.add_argument("--chart", default=str(ROOT / "docs" / "performance.png"),
@@ -700,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if "vmspop" in wanted:
             servers.append(srv.Vmspop(corpus, work))
+        if "vmspop-workers" in wanted:
+            servers.append(srv.VmspopWorkers(corpus, work))
         if peer is None:
             print("Dovecot not installed (or dovecot-peer.sh not found): Dovecot skipped", flush=True)
         else:

@@ -242,12 +242,46 @@ class Vmspop(Server):
             "vmspop", "--mail-root", str(self.corpus.mailroot), "--passwd", str(self.corpus.users_file),
             "--pop3", f"tcp:{self.port}:interface=127.0.0.1", "--no-smtp",
             "--auth-failure-delay", "0", "--leave-in-newmail",
-            "--max-sessions", "2000", "--max-sessions-per-ip", "2000"]
+            "--max-sessions", "2000", "--max-sessions-per-ip", "2000",
+            # One process: the figures above are per process (vmspop-workers runs several).
+            "--workers", "1"]
 
     def start(self) -> None:
         if self.lag_control is not None and self.lag_control.exists():
             self.lag_control.unlink()
         super().start()
+
+
+class VmspopWorkers(Vmspop):
+    """vmspop with ``--workers`` (default: one per core): a supervisor and its workers."""
+
+    name = "vmspop-workers"
+
+    def __init__(self, corpus, work: Path, count: int | None = None) -> None:
+        super().__init__(corpus, work)
+        self.count = count or len(os.sched_getaffinity(0))
+        self.label = f"vmspop --workers {self.count}"
+
+    def command(self) -> list[str]:
+        command = super().command()
+        command[command.index("--workers") + 1] = str(self.count)
+        return command
+
+    def worker(self, user: str) -> int:
+        """The worker holding ``user``'s session lock (the user must be logged in)."""
+        lock = f"/{user}/.vmspop.lock"
+        for pid in tree(self.pid):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(lock):
+                        return pid
+                except OSError:
+                    continue
+        return self.pid
 
 
 class Stock(Server):
