@@ -26,7 +26,7 @@ from twisted.logger import LogLevel, Logger, formatEvent, formatEventAsClassicLo
 from twisted.python.failure import Failure
 
 from certs import make_certificate
-from twistd import alive, connect, free_port, start_twistd, wait_for, workers_of
+from twistd import alive, free_port, start_twistd, wait_for, workers_of
 from vmspop import workers as pool_module
 from vmspop.config import ServerConfig
 from vmspop.passwd import Account, PasswordFile
@@ -205,6 +205,21 @@ def test_a_killed_worker_is_restarted_and_sigterm_drains_all(tmp_path: Path) -> 
     for number, pid in replacement.items():
         assert f"worker {number} (pid={pid}) stopped: exit status 0" in text
     assert text.count("statistics: Version Number=vmspop") == 2
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """No orphans: workers whose supervisor was SIGKILLed see their stdin close and exit."""
+    make_users(tmp_path, "jones")
+    port, log = free_port(), tmp_path / "twistd.log"
+    process = start_twistd(tmp_path, port, logfile=str(log), workers=2)
+    try:
+        wait_for(lambda: started(log, port, 2), "both workers")
+        pids = workers_of(process.pid)
+    finally:
+        process.kill()
+        process.wait(30)
+    wait_for(lambda: not any(alive(pid) for pid in pids.values()), "the workers to exit", timeout=15)
+    assert not _listening(port)
 
 
 def _listening(port: int) -> bool:
