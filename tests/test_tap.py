@@ -52,6 +52,14 @@ def test_every_setting_is_an_option() -> None:
             assert setting.vms in text
 
 
+def test_every_setting_is_in_the_admin_guide() -> None:
+    """docs/admin.md's option table has a row for each setting, so --help and the guide agree."""
+    rows = [line for line in (ROOT / "docs" / "admin.md").read_text().splitlines()
+            if line.startswith("| `--")]
+    for setting in SETTINGS:
+        assert any(row.startswith(f"| `--{setting.name}") for row in rows), setting.name
+
+
 def test_command_line_values() -> None:
     """Options reach the configuration with their types."""
     config = parse("--mail-root", "/srv/mail", "--pop3", "tcp:110", "--pop3", "unix:/tmp/p.sock",
