@@ -39,10 +39,15 @@ _HEADER = struct.Struct("<4sII")  # magic, workers, slots
 _COUNT = struct.Struct("<I")
 _KEY_SIZE = 16
 _EMPTY = bytes(_KEY_SIZE)
-#: The address table never fills: it has at least twice as many slots as sessions can
-#: be counted (each session counts under at most one address), so probes stay short.
+#: The address table has twice as many slots as sessions can be counted (each session
+#: counts under at most one address), so it never fills and probes stay short...
 _LOAD_FACTOR_INVERSE = 2
 _MIN_SLOTS = 64
+#: ...up to this many: more client addresses connected at once than one host has
+#: descriptors for is not a real load, and a huge --max-sessions must not make a huge
+#: table (a worker's death walks all of it).  Should it ever fill, new addresses are
+#: refused with REFUSED_TOTAL, never miscounted.
+MAX_SLOTS = 1 << 18
 
 
 class SessionTally(Protocol):
@@ -156,7 +161,7 @@ class SharedTally:
         """A new, empty tally for ``workers`` processes; its descriptor is not inherited
         by children unless passed explicitly (``childFDs``)."""
         slots = _MIN_SLOTS
-        while slots < _LOAD_FACTOR_INVERSE * max_sessions:
+        while slots < _LOAD_FACTOR_INVERSE * max_sessions and slots < MAX_SLOTS:
             slots *= 2
         size = _HEADER.size + 4 * workers + slots * (_KEY_SIZE + 4 * workers)
         if hasattr(os, "memfd_create"):
@@ -307,14 +312,18 @@ class SharedTally:
             totals[worker] = 0
             self._counts.pack_into(self._map, self._totals_at, *totals)
             kept: list[tuple[bytes, list[int]]] = []
+            changed = False
             for index in range(self.slots):
                 key = self._key(index)
                 if key == _EMPTY:
                     continue
                 counts = list(self._counts.unpack_from(self._map, self._slot(index) + _KEY_SIZE))
+                changed = changed or counts[worker] != 0
                 counts[worker] = 0
                 if any(counts):
                     kept.append((key, counts))
+            if not changed:
+                return
             # Rebuilt rather than edited in place: simpler than deleting during the walk.
             start = self._slots_at
             self._map[start:start + self.slots * self._slot_size] = bytes(self.slots * self._slot_size)
