@@ -12,6 +12,7 @@ import json
 import os
 import poplib
 import signal
+import smtplib
 import socket
 import ssl
 import threading
@@ -50,12 +51,30 @@ def login(port: int, user: str) -> poplib.POP3:
     return client
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def holding_the_tally(pids: list[int]) -> bool:
+    """True if one of ``pids`` holds a POSIX record lock: the session tally's (Linux /proc/locks)."""
+    held = {line.split()[4] for line in Path("/proc/locks").read_text().splitlines()
+            if line.split()[1] == "POSIX"}
+    return any(str(pid) in held for pid in pids)
+
+
 @contextmanager
 def only(worker: int, pids: dict[int, int]) -> Iterator[None]:
     """Every other worker is stopped meanwhile, so new connections go to ``worker``."""
     others = [pid for number, pid in pids.items() if number != worker]
-    for pid in others:
-        os.kill(pid, signal.SIGSTOP)
+    for _ in range(100):
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: all(_state(pid) == "T" for pid in others), "the workers to stop")
+        # Never freeze a worker in the middle of counting: the one left would wait for it.
+        if not holding_the_tally(others):
+            break
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
     try:
         yield
     finally:
@@ -83,15 +102,20 @@ def test_two_workers_share_sessions_locks_and_limits(tmp_path: Path) -> None:
     store.deliver(["jones"], [b"Subject: a\n\nbody\n"])
     cert, key = make_certificate(tmp_path)
     port, tls_port, proxy_port, log = free_port(), free_port(), free_port(), tmp_path / "twistd.log"
+    smtp_port = free_port()
     process = start_twistd(
-        tmp_path, port, "--max-sessions", "4", "--stats-users", "system",
+        tmp_path, port, "--max-sessions", "4", "--stats-users", "system", "--hostname", "example.com",
         "--pop3", f"ssl:{tls_port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-        "--pop3", f"haproxy:tcp:{proxy_port}:interface=127.0.0.1", logfile=str(log), workers=2)
+        "--pop3", f"haproxy:tcp:{proxy_port}:interface=127.0.0.1", logfile=str(log), workers=2,
+        smtp=smtp_port)
     try:
-        for listening in (port, tls_port, proxy_port):
+        for listening in (port, tls_port, proxy_port, smtp_port):
             wait_for(lambda: started(log, listening, 2), "both workers")
         pids = workers_of(process.pid)
         assert sorted(pids) == [1, 2]
+        for number in (1, 2):  # the SMTP listener is shared as well
+            with only(number, pids), smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+                smtp.sendmail("a@example.org", ["jones@example.com"], f"Subject: s{number}\r\n\r\nx\r\n")
         for number in (1, 2):
             with only(number, pids):
                 secure = poplib.POP3_SSL("127.0.0.1", tls_port, timeout=10,
@@ -125,6 +149,7 @@ def test_two_workers_share_sessions_locks_and_limits(tmp_path: Path) -> None:
 
         with only(1, pids):
             first = login(port, "jones")
+            assert first.stat()[0] == 3  # the message delivered at the start, and one per worker
         with only(2, pids):
             second = poplib.POP3("127.0.0.1", port, timeout=10)
             second.user("jones")
