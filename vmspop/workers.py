@@ -576,7 +576,11 @@ def _log_to_supervisor() -> None:
 
 
 def worker_main() -> None:
-    """A worker process (``python -P -m vmspop.workers N/COUNT``), started by :class:`WorkerPool`."""
+    """A worker process (``python -P -m vmspop.workers N/COUNT``), started by :class:`WorkerPool`.
+
+    A process entry point, like :func:`vmspop.tap.makeService`: the one other place
+    that takes the global reactor.
+    """
     spec = _read_spec()
     _log_to_supervisor()
     from twisted.internet import reactor
