@@ -31,18 +31,27 @@ def subjects(client: poplib.POP3) -> list[bytes]:
 def test_two_nodes_on_one_store(tmp_path: Path) -> None:
     """Node A's session locks the mailbox against node B; mail delivered meanwhile (over B's
     SMTP and with `vmspop deliver`) waits for the next session; after A's QUIT, B sees
-    exactly what A left in NEWMAIL, with the same UIDLs, and MAIL holds what A retrieved."""
+    exactly what A left in NEWMAIL (although B listed the folder before), with the same
+    UIDLs, and MAIL holds what A retrieved."""
     PasswordFile(tmp_path / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
     store = MailStore(tmp_path / "mail")
     store.create_mailbox("jones")
     for n in range(1, 5):
         store.deliver(["jones"], [f"Subject: m{n}\n\nbody {n}\n".encode()], arrival=1_700_000_000 + n)
+    for sub in ("new", "cur"):  # settled long ago: a node may keep its listing of them
+        os.utime(tmp_path / "mail" / "jones" / NEWMAIL / sub, (1_700_000_000, 1_700_000_000))
     port_a, port_b, smtp_b = free_port(), free_port(), free_port()
     node_a = start_twistd(tmp_path, port_a, "--hostname", "a.example.com")
     node_b = start_twistd(tmp_path, port_b, "--hostname", "b.example.com", "--local-domain",
                           "example.com", smtp=smtp_b)
     try:
-        a = connect(port_a, node_a)
+        b = connect(port_b, node_b)  # node B lists the folder first...
+        b.user("jones")
+        b.pass_("wonderland")
+        assert b.stat()[0] == 4
+        b.quit()
+
+        a = connect(port_a, node_a)  # ...then node A changes it
         a.user("jones")
         a.pass_("wonderland")
         uids_a = dict(line.split() for line in a.uidl()[1])
