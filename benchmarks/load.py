@@ -304,16 +304,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_processes(pid: int) -> list[int]:
+    """``pid`` and its descendants: with --workers, the supervisor and its workers."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    """The resident memory of the server: its process, and its workers if any."""
+    total = 0
+    for process in server_processes(pid):
+        try:
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the server's processes now alive (a worker that died takes its own away)."""
+    total = 0
+    for process in server_processes(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile(needed: int) -> None:
@@ -325,7 +355,8 @@ def raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def start_server(data: Path, pop3: int, smtp: int, idle_timeout: float, log: Path) -> subprocess.Popen:
+def start_server(data: Path, pop3: int, smtp: int, idle_timeout: float, log: Path,
+                 workers: int) -> subprocess.Popen:
     twistd = Path(sys.executable).with_name("twistd")
     return subprocess.Popen(
         [str(twistd), "-n", "--pidfile=", f"--logfile={log}", "vmspop",
@@ -339,7 +370,9 @@ def start_server(data: Path, pop3: int, smtp: int, idle_timeout: float, log: Pat
          "--idle-timeout", str(idle_timeout),
          # The leave-in-newmail mode keeps retrieved mail in place: every session sees the same
          # mailbox; deletions (one per session) still exercise the QUIT update.
-         "--leave-in-newmail"],
+         "--leave-in-newmail",
+         # One process unless asked: the figures in operations.md are one process's.
+         "--workers", str(workers)],
         cwd=data, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
@@ -434,6 +467,9 @@ def main() -> int:
     parser.add_argument("--pid", type=int, help="with --connect: the server's process id, for RSS and CPU")
     parser.add_argument("--log", type=Path, help="with --connect: the server's log file, checked for errors")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store and log")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="--workers of the server started here (default 1; RSS and CPU are "
+                             "then summed over the supervisor and its workers)")
     args = parser.parse_args()
     messages = pool(random.Random(SEED))
     if args.prepare is not None:
@@ -459,7 +495,7 @@ def main() -> int:
         prepare(tmp, messages)
         host, port, smtp = "127.0.0.1", free_port(), ("127.0.0.1", free_port())
         log = tmp / "twistd.log"
-        process = start_server(tmp, int(port), smtp[1], args.idle_timeout, log)
+        process = start_server(tmp, int(port), smtp[1], args.idle_timeout, log, args.workers)
         pid = process.pid
     try:
         asyncio.run(wait_listening(host, int(port), process))
@@ -475,7 +511,7 @@ def main() -> int:
     times = sorted(figures.session_seconds) or [float("nan")]
     mib = figures.retrieved_octets / 2**20
     print(f"""
-machine                {os.cpu_count()} CPUs, Python {sys.version.split()[0]}
+machine                {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; server --workers {args.workers if process else '(yours)'}
 ramp-up                {IDLE} idle connections open (half logged in) in {m['ramp']:.1f} s
 idle connections held  {m['idle_min']}-{m['idle_max']} of {IDLE}, sampled every second for {m['elapsed']:.1f} s
 all connections open   {m['held_min']}-{m['held_max']} (active clients reconnect after each session)
