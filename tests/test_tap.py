@@ -179,14 +179,17 @@ def free_port() -> int:
 
 
 def test_twistd_serves_over_a_real_socket(tmp_path: Path) -> None:
-    """`twistd -n vmspop --config FILE` starts, serves poplib, and stops cleanly on SIGTERM."""
+    """`twistd -n vmspop --config FILE` starts, serves poplib, and stops cleanly on SIGTERM;
+    with two workers (from the file; not one per core, which a CI machine may have many of),
+    whose lines reach twistd's standard output."""
     mail, passwd, port = tmp_path / "mail", tmp_path / "passwd", free_port()
     PasswordFile(passwd).update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
     store = MailStore(mail)
     store.create_mailbox("jones")
     store.deliver(["jones"], [b"Subject: hi\n\nhello\n"])
     config = tmp_path / "vmspop.toml"
-    config.write_text(f'mail-root = "{mail}"\npasswd = "{passwd}"\nauth-failure-delay = 0\n')
+    config.write_text(f'mail-root = "{mail}"\npasswd = "{passwd}"\nauth-failure-delay = 0\n'
+                      'workers = 2\n')
     twistd = Path(sys.executable).with_name("twistd")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
@@ -212,7 +215,7 @@ def test_twistd_serves_over_a_real_socket(tmp_path: Path) -> None:
         output = process.communicate(timeout=30)[0].decode()
     # twistd shuts down cleanly, then re-raises SIGTERM so its parent sees how it ended.
     assert process.returncode in (0, -signal.SIGTERM), output
-    assert "Server Shut Down." in output
+    assert "Server Shut Down." in output and "workers: 2 processes share" in output
     assert "login: user=<jones> method=USER rip=127.0.0.1" in output
     assert "logout: user=<jones>" in output and "retr=1/" in output
 
