@@ -330,9 +330,7 @@ class Dovecot(Server):
                    DOVECOT_MAIL_LOCATION=f"maildir:{mailroot}/%u/NEWMAIL:INDEX={index}:CONTROL={index}")
         # Files, not pipes: the daemon inherits them and would keep a pipe open forever.
         with open(inst / "peer.out", "w+") as out, open(inst / "peer.err", "w+") as err:
-            done = subprocess.run(["bash", str(self.peer), str(self.port), str(mailroot),
-                                   str(self.corpus.users_file), str(inst)],
-                                  env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            done = subprocess.run(self.command(), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                   timeout=120)
             out.seek(0)
             err.seek(0)
@@ -340,6 +338,11 @@ class Dovecot(Server):
                 raise RuntimeError(f"dovecot-peer.sh failed: {err.read().strip()}")
             self.master = int(out.read().split()[-1])
         wait_greeting(self.port)
+
+    def command(self) -> list[str]:
+        """The peer script, which starts the daemon and prints its master's pid."""
+        return ["bash", str(self.peer), str(self.port), str(self.corpus.mailroot),
+                str(self.corpus.users_file), str(self.work / self.name)]
 
     def stop(self) -> None:
         if self.master:

@@ -410,7 +410,7 @@ def _cache_key(st: os.stat_result) -> _CacheKey:
 
 
 class PasswordFile:
-    """The password file on disk, cached by (mtime_ns, size, inode) so a login costs one stat().
+    """The password file on disk, cached by (mtime_ns, size, inode) so a login costs one open and fstat.
 
     (The cache key also includes the device.  A file changed within the last
     two seconds is re-read on every use, because a further change might not
@@ -524,7 +524,7 @@ class PasswordFile:
     def _current(self) -> dict[str, Account]:
         with self._mutex:
             try:
-                st = os.stat(self.path)
+                st = _fresh_stat(self.path)
             except FileNotFoundError:
                 self._store_locked(None, {}, error=None)
                 return self._accounts
@@ -615,3 +615,12 @@ def _replace(path: str, content: str, old_stat: os.stat_result | None) -> None:
     finally:
         os.close(dir_fd)
 
+
+def _fresh_stat(path: str | os.PathLike[str]) -> os.stat_result:
+    # Opened, not stat()ed: on NFS opening revalidates the file's attributes with the
+    # server (close-to-open), so a change made on another node is seen at once.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)

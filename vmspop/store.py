@@ -23,7 +23,6 @@ import itertools
 import os
 import secrets
 import socket
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -89,6 +88,20 @@ class DeliveryError(Exception):
     def __init__(self, message: str, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
+
+
+def _directory_stat(path: Path) -> os.stat_result:
+    """A directory's attributes as the file server has them now (an error for a symbolic link).
+
+    Opened, not stat()ed: on NFS, opening revalidates the attributes with the server
+    (close-to-open consistency), where stat() may answer from a cache up to a minute
+    old, and a listing kept from before another node's QUIT would be served.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path | str) -> None:
@@ -257,12 +270,12 @@ class MailStore:
         subdirs: list[str] = []
         for sub in ("new", "cur"):
             try:
-                st = os.lstat(maildir / sub)
-            except (FileNotFoundError, NotADirectoryError):
-                stamp.append(None)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                skipped.append(f"skipped {maildir / sub}: a symbolic link, not served")
+                st = _directory_stat(maildir / sub)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise
+                if (maildir / sub).is_symlink():
+                    skipped.append(f"skipped {maildir / sub}: a symbolic link, not served")
                 stamp.append(None)
                 continue
             stamp.append((st.st_ino, st.st_mtime_ns))
