@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
-from vmspop.names import ARRIVAL, StoredMessage, arrival_of, make_uid, parse_name, uid_tail
+from vmspop.names import ARRIVAL, StoredMessage, arrival_of, format_uid_tail, make_uid, parse_name, uid_parts
 
 __all__ = ["Listing", "build_listing"]
 
@@ -37,8 +37,8 @@ _UTF8_NAMES = os.fsencode("\udcff\u00e9") == "\udcff\u00e9".encode("utf-8", "sur
 _SEP = b"\0"
 #: Messages sorted at a time before merging: bounds the sort's memory (about 45 octets each).
 SORT_SLICE = 16_384
-#: Each UIDL is the user name in capitals, "_", then this many characters (make_uid).
-_UID_TAIL = 32
+#: In the UIDL cache: not computed yet (days since 1970; this one is in 2149).
+_NOT_YET = 0xFFFF
 
 
 class Listing(Sequence[StoredMessage]):
@@ -65,7 +65,8 @@ class Listing(Sequence[StoredMessage]):
         self.wire = wire
         #: Sum of :attr:`wire`.
         self.total_wire = sum(wire)
-        self._uids: bytearray | None = None  # filled as UIDLs are asked for
+        self._uid_days: array | None = None  # filled as UIDLs are asked for
+        self._uid_rest = array("Q")
         self._upper = user.upper() + "_"
 
     @classmethod
@@ -94,25 +95,24 @@ class Listing(Sequence[StoredMessage]):
 
     def uid(self, index: int) -> str:
         """The UIDL of message ``index`` (computed once, then kept with the listing)."""
-        uids = self._uids
-        if uids is None:
-            uids = self._uids = bytearray(len(self) * _UID_TAIL)
-        at = index * _UID_TAIL
-        if uids[at]:
-            return self._upper + uids[at:at + _UID_TAIL].decode("ascii")
+        if self._uid_days is None:
+            # 10 octets a message where the text would take 32: kept for every later UIDL.
+            self._uid_days = array("H", [_NOT_YET]) * len(self)
+            self._uid_rest = array("Q", bytes(8 * len(self)))
+        days = self._uid_days[index]
+        if days != _NOT_YET:
+            return self._upper + format_uid_tail(days, self._uid_rest[index])
         start = self._starts[index]
         match = _FAST.match(self._blob, start + 4, self._blob.index(_SEP, start)) if _UTF8_NAMES else None
         if match is None:
-            uid = self[index].uid
-            tail = uid[len(self._upper):]
-        else:
-            # The base and arrival as parse_name and arrival_of read them, in a third of the time.
-            usec = match[3]
-            tail = uid_tail(int(match[2]) + (int(usec) / 1e6 if usec else 0.0), match[1])
-            uid = self._upper + tail
-        if len(tail) == _UID_TAIL:
-            uids[at:at + _UID_TAIL] = tail.encode("ascii")
-        return uid
+            return self[index].uid
+        # The base and arrival as parse_name and arrival_of read them, in a third of the time.
+        usec = match[3]
+        days, rest = uid_parts(int(match[2]) + (int(usec) / 1e6 if usec else 0.0), match[1])
+        if days < _NOT_YET:
+            self._uid_days[index] = days
+            self._uid_rest[index] = rest
+        return self._upper + format_uid_tail(days, rest)
 
     @overload
     def __getitem__(self, index: int) -> StoredMessage: ...

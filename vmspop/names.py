@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
-__all__ = ["MAX_UID_LENGTH", "StoredMessage", "arrival_of", "make_uid", "parse_name", "size_field", "uid_tail"]
+__all__ = ["MAX_UID_LENGTH", "StoredMessage", "arrival_of", "make_uid", "parse_name", "size_field", "format_uid_tail", "uid_parts", "uid_tail"]
 
 #: RFC 1939 section 7: a UIDL is 1-70 characters.
 MAX_UID_LENGTH = 70
@@ -69,6 +69,12 @@ def make_uid(user: str, arrival: float, base: str) -> str:
 
 def uid_tail(arrival: float, base: bytes) -> str:
     """The UIDL after ``USER_``: the arrival time and the tag; ``base`` as UTF-8 (surrogateescape)."""
+    return format_uid_tail(*uid_parts(arrival, base))
+
+
+def uid_parts(arrival: float, base: bytes) -> tuple[int, int]:
+    """What a UIDL is made of, as two numbers: days since 1970, and the hundredths of
+    that day times 2**40 plus the 40-bit tag.  :func:`format_uid_tail` writes them."""
     seconds = int(arrival)
     hundredths = int(round((arrival - seconds) * 100))
     if hundredths == 100:
@@ -76,9 +82,16 @@ def uid_tail(arrival: float, base: bytes) -> str:
         # read _00 of the same second, almost a second early.
         seconds, hundredths = seconds + 1, 0
     days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    n = int.from_bytes(hashlib.sha256(base).digest()[:5], "big")
+    tag = int.from_bytes(hashlib.sha256(base).digest()[:5], "big")
+    return days, (rest * 100 + hundredths) << 40 | tag
+
+
+def format_uid_tail(days: int, rest: int) -> str:
+    """The text of :func:`uid_parts`' numbers: ``DD_MON_YYYY_HH_MM_SS_CC_TAG``."""
+    hours, rest_of_hour = divmod(rest >> 40, 360000)
+    minutes, rest_of_minute = divmod(rest_of_hour, 6000)
+    secs, hundredths = divmod(rest_of_minute, 100)
+    n = rest & 0xFF_FFFF_FFFF
     two, pairs = _TWO_DIGITS, _B32_PAIRS
     # Joined from tables rather than formatted: a UIDL listing of 100,000 messages
     # computes 100,000 of these on the reactor thread.
