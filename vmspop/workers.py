@@ -63,6 +63,7 @@ from zope.interface import implementer
 from vmspop.config import MAX_WORKERS, ServerConfig
 from vmspop.server import build_service
 from vmspop.tally import SharedTally
+from vmspop.tap import settle_garbage_collector
 
 __all__ = ["WorkerPool", "default_workers", "make_worker_pool", "plan_listeners", "worker_main"]
 
@@ -618,6 +619,7 @@ def worker_main() -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         reactor.addReader(_SupervisorWatch(stop))
         service.startService()
+        settle_garbage_collector()
         if failures:
             for failure in failures:
                 _log.critical("worker cannot listen on {failure}", failure=failure)
