@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import vmspop.listing
 from vmspop.listing import Listing, build_listing
 from vmspop.names import StoredMessage, arrival_of, make_uid, parse_name
-from vmspop.store import LISTING_CACHE_MESSAGES, NEWMAIL, MailStore
+from vmspop.store import LISTING_CACHE_MESSAGES, LISTING_FILE, NEWMAIL, MailStore
 
 USER = "jones"
 LONG_AGO = 1_600_000_000  # a directory mtime far older than the settle time
@@ -203,6 +203,8 @@ def test_cache_keeps_the_most_recent_listings_within_its_budget(
         store.deliver([user], [b"2\n"], arrival=1_600_000_001)
         settle(store, user)
         store.scan(user, NEWMAIL)
+    for user in users:  # so that only what is kept in memory can spare a listing
+        (store.folder(user, NEWMAIL) / LISTING_FILE).unlink()
     counter = ScandirCounter(monkeypatch)
     store.scan("c3", NEWMAIL)
     assert counter.calls == 0  # the newest is kept
@@ -268,3 +270,106 @@ def test_order_matches_sorting_by_arrival_then_base(tmp_path_factory: pytest.Tem
         listing = build_listing(USER, os.fsencode(folder), lambda d, n: None, problems)
     assert [m.base for m in listing] == sorted(expected, key=lambda b: (expected[b], b))
     assert len(problems) == len({(s, u, h, sub) for s, u, h, sub in entries}) - len(expected)
+
+
+# -- the listing saved next to the folder ----------------------------------------------------
+
+
+def saved_store(store: MailStore) -> MailStore:
+    """A second store on the same mail root: another worker, another node, or a restart."""
+    store.deliver([USER], [b"one\n"], arrival=1_600_000_000)
+    store.deliver([USER], [b"two\n"], arrival=1_600_000_001)
+    (store.folder(USER, NEWMAIL) / "new" / "1700000000.M1P1.stray").mkdir()
+    settle(store)
+    store.scan(USER, NEWMAIL)
+    return MailStore(store.root, hostname="test.example")
+
+
+def test_another_process_uses_the_saved_listing(store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing built once is saved beside the folder; another store of the same root loads it
+    without listing the directories, with the same messages, UIDLs and problems."""
+    first = store.scan(USER, NEWMAIL)
+    other = saved_store(store)
+    counter = ScandirCounter(monkeypatch)
+    problems: list[str] = []
+    loaded = other.scan(USER, NEWMAIL, problems=problems)
+    assert counter.calls == 0
+    assert loaded == store.scan(USER, NEWMAIL) and len(loaded) == 2 and first == []
+    assert [loaded.uid(i) for i in range(2)] == [m.uid for m in store.scan(USER, NEWMAIL)]
+    assert len(problems) == 1 and "not a regular file" in problems[0]
+    assert not [n for n in os.listdir(store.folder(USER, NEWMAIL)) if n.endswith(".tmp")]
+
+
+def test_saved_listing_of_another_state_is_not_used(store: MailStore) -> None:
+    """After a delivery the saved listing describes an older folder, and is ignored."""
+    other = saved_store(store)
+    store.deliver([USER], [b"three\n"])
+    assert len(other.scan(USER, NEWMAIL)) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic", "garbage", "empty"])
+def test_damaged_saved_listing_is_built_again(store: MailStore, monkeypatch: pytest.MonkeyPatch,
+                                              damage: str) -> None:
+    """A saved listing that is cut short or altered is not used: the folder is listed again."""
+    other = saved_store(store)
+    path = store.folder(USER, NEWMAIL) / LISTING_FILE
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:-3]
+    elif damage == "flip":
+        data[-5] ^= 0x01
+    elif damage == "magic":
+        data[:7] = b"VMSPOP!"
+    elif damage == "garbage":
+        data = bytearray(os.urandom(len(data)))
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    counter = ScandirCounter(monkeypatch)
+    assert len(other.scan(USER, NEWMAIL)) == 2
+    assert counter.calls == 2
+
+
+def test_saved_listing_cannot_name_files_outside_the_folder(store: MailStore) -> None:
+    """A well-formed file (right checksum) whose names leave the folder is refused."""
+    other = saved_store(store)
+    path = store.folder(USER, NEWMAIL) / LISTING_FILE
+    folder = os.fsencode(store.folder(USER, NEWMAIL))
+    stamp = [[os.stat(store.folder(USER, NEWMAIL) / sub).st_ino,
+              os.stat(store.folder(USER, NEWMAIL) / sub).st_mtime_ns] for sub in ("new", "cur")]
+    from array import array
+    blob = b"new/../../../etc/passwd\0"
+    evil = Listing(USER, folder, blob, array("I", [0]), array("I", [10]))
+    with open(path, "wb") as f:
+        evil.save(f, stamp, [])
+    with open(path, "rb") as f:
+        assert Listing.load(USER, folder, f, stamp) is None
+    assert all(m.path.startswith(str(store.folder(USER, NEWMAIL))) and ".." not in m.path
+               for m in other.scan(USER, NEWMAIL))
+
+
+def test_listing_that_cannot_be_saved_is_still_served(store: MailStore,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while saving leaves no partial file and changes nothing for the session."""
+    import errno
+
+    def full(self: Listing, f: object, stamp: object, problems: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Listing, "save", full)
+    store.deliver([USER], [b"one\n"])
+    settle(store)
+    assert len(store.scan(USER, NEWMAIL)) == 1
+    assert not [n for n in os.listdir(store.folder(USER, NEWMAIL)) if n.startswith(LISTING_FILE)]
+
+
+def test_saved_listing_is_not_read_through_a_symbolic_link(store: MailStore, tmp_path: Path) -> None:
+    """A link in the saved listing's place is not followed."""
+    other = saved_store(store)
+    path = store.folder(USER, NEWMAIL) / LISTING_FILE
+    elsewhere = tmp_path / "elsewhere"
+    path.rename(elsewhere)
+    path.symlink_to(elsewhere)
+    assert len(other.scan(USER, NEWMAIL)) == 2  # listed again, not loaded through the link
+    assert not path.is_symlink()  # and the new listing replaced the link, not its target
+    assert elsewhere.read_bytes().startswith(b"vmspop folder listing")

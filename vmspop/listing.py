@@ -2,24 +2,28 @@
 
 A folder of 100,000 messages must not cost 100,000 Python objects at every login
 (docs/performance.md measured about 1 KB and 30 µs per message that way).  A
-:class:`Listing` keeps the file names in one ``bytes`` blob and the wire sizes in
-an ``array``, about 80 octets a message; a :class:`~vmspop.store.StoredMessage` is
-made only for the message a command names, and a UIDL only when one is asked for
-(and then kept).  Listings are immutable once built, so one can serve several
-sessions and be replaced under them.
+:class:`Listing` keeps the file names in one ``bytes`` blob, the wire sizes in an
+``array`` and each UIDL as two numbers in two more, about 85 octets a message; a
+:class:`~vmspop.names.StoredMessage` is made only for the message a command names,
+and a UIDL's text only when one is asked for.  Listings are immutable once built,
+so one can serve several sessions and be replaced under them, and they can be
+saved to a file (:meth:`Listing.save`) that another process loads in a few ms.
 
-:func:`build_listing` runs in a pool thread (it reads directories); everything else
-is cheap enough for the reactor thread.
+:func:`build_listing` runs in a pool thread (it reads directories and hashes every
+name for its UIDL); everything else is cheap enough for the reactor thread.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import re
+import sys
+import zlib
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any, BinaryIO, overload
 
 from vmspop.names import ARRIVAL, StoredMessage, arrival_of, format_uid_tail, make_uid, parse_name, uid_parts
 
@@ -33,6 +37,10 @@ _FAST = re.compile(rb"((\d{1,12})\.(?:[^.,:/]*?M(\d{1,6}))?[^,:/]*),S=(\d+),W=(\
 #: File names as bytes are the UTF-8 (surrogateescape) that make_uid hashes: true
 #: wherever Python runs in UTF-8 mode or a UTF-8 locale; otherwise names are decoded.
 _UTF8_NAMES = os.fsencode("\udcff\u00e9") == "\udcff\u00e9".encode("utf-8", "surrogateescape")
+#: First line of a saved listing (Listing.save); a new layout gets a new number.
+_FILE_MAGIC = b"vmspop folder listing 1\n"
+#: A saved listing's header line is at most this long (100 problem lines fit).
+_MAX_HEADER = 1 << 20
 #: Between names in the blob: a file name cannot contain NUL.
 _SEP = b"\0"
 #: Messages sorted at a time before merging: bounds the sort's memory (about 45 octets each).
@@ -81,8 +89,10 @@ class Listing(Sequence[StoredMessage]):
         """The oldest ``limit`` messages (``--message-maximum``); sharing the names."""
         if not 0 < limit < len(self):
             return self
-        return Listing(self.user, self._folder[:-1], self._blob, self._starts[:limit],
-                       self.wire[:limit])
+        head = Listing(self.user, self._folder[:-1], self._blob, self._starts[:limit], self.wire[:limit])
+        if self._uid_days is not None:
+            head._uid_days, head._uid_rest = self._uid_days[:limit], self._uid_rest[:limit]
+        return head
 
     def name(self, index: int) -> bytes:
         """``new/<file name>`` or ``cur/<file name>`` of message ``index``."""
@@ -113,6 +123,58 @@ class Listing(Sequence[StoredMessage]):
             self._uid_days[index] = days
             self._uid_rest[index] = rest
         return self._upper + format_uid_tail(days, rest)
+
+    def save(self, f: BinaryIO, stamp: object, problems: list[str]) -> None:
+        """Write the listing for :meth:`load`; ``stamp`` (JSON) names the state of the
+        folder it describes, ``problems`` what building it skipped (the first 100 kept).
+        The file is a cache: one that cannot be loaded is built again."""
+        body = [memoryview(part) for part in (self._blob, self._starts, self.wire)]
+        if self._uid_days is not None:
+            body += [memoryview(self._uid_days), memoryview(self._uid_rest)]
+        header = json.dumps({"stamp": stamp, "count": len(self), "blob": len(self._blob),
+                             "wire": self.wire.typecode, "byteorder": sys.byteorder,
+                             "uids": self._uid_days is not None, "crc32": _crc32(body),
+                             "problems": problems[:100]})
+        f.write(_FILE_MAGIC + header.encode("ascii") + b"\n")
+        for part in body:
+            f.write(part)
+
+    @classmethod
+    def load(cls, user: str, maildir: bytes, f: BinaryIO,
+             stamp: object) -> tuple[Listing, list[str]] | None:
+        """The listing and problems :meth:`save` wrote for this ``stamp``, or None (another
+        state of the folder, another machine's byte order, or a damaged or truncated file)."""
+        if f.readline(len(_FILE_MAGIC) + 1) != _FILE_MAGIC:
+            return None
+        try:
+            header = json.loads(f.readline(_MAX_HEADER))
+            count, length, typecode = int(header["count"]), int(header["blob"]), header["wire"]
+            problems = [str(line) for line in header["problems"]]
+            if (header["stamp"] != stamp or header["byteorder"] != sys.byteorder
+                    or typecode not in ("I", "q") or not 0 <= count <= length):
+                return None
+            blob = f.read(length)
+            starts, wire = array("I"), array(typecode)
+            uid_days, uid_rest = array("H"), array("Q")
+            arrays = (starts, wire, uid_days, uid_rest) if header["uids"] else (starts, wire)
+            for part in arrays:
+                part.frombytes(f.read(count * part.itemsize))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if (f.read(1) or len(blob) != length or any(len(part) != count for part in arrays)
+                or _crc32([memoryview(part) for part in (blob, *arrays)]) != header["crc32"]):
+            return None
+        # Every name is "new/..." or "cur/..." with no other "/", ended by NUL: nothing in
+        # the file can name a path outside the folder.
+        if count and (blob.count(_SEP) != count or blob.count(b"/") != count
+                      or not blob.endswith(_SEP) or max(starts) >= length
+                      or blob.startswith((b"new/", b"cur/")) + blob.count(_SEP + b"new/")
+                      + blob.count(_SEP + b"cur/") != count):
+            return None
+        listing = cls(user, maildir, blob, starts, wire)
+        if header["uids"]:
+            listing._uid_days, listing._uid_rest = uid_days, uid_rest
+        return listing, problems
 
     @overload
     def __getitem__(self, index: int) -> StoredMessage: ...
@@ -168,6 +230,9 @@ def build_listing(user: str, maildir: bytes, describe: Describe, problems: list[
     starts = array("I")
     wire = array("q")
     arrivals = array("q")  # microseconds since the epoch: the sort key
+    # The UIDLs' two numbers (uid_parts), computed here, in the pool thread, so that the
+    # saved listing carries them and no process has to compute them on its reactor.
+    uid_days, uid_rest = array("H"), array("Q")
     for sub in subdirs:
         directory = maildir + b"/" + sub.encode()
         prefix = sub.encode() + b"/"
@@ -185,9 +250,10 @@ def build_listing(user: str, maildir: bytes, describe: Describe, problems: list[
                         problems.append(f"skipped {os.fsdecode(entry.path)}: not a regular file")
                         continue
                     match = _FAST.match(name)
-                    if match is not None:
-                        sec, usec, size = match[2], match[3], match[5]
+                    if match is not None and _UTF8_NAMES:
+                        base, sec, usec, size = match.group(1, 2, 3, 5)
                         micros = int(sec) * 1_000_000 + (int(usec) if usec else 0)
+                        days, rest = uid_parts(int(sec) + (int(usec) / 1e6 if usec else 0.0), base)
                     else:
                         message = describe(os.fsdecode(directory), os.fsdecode(name))
                         if message is None:
@@ -196,6 +262,8 @@ def build_listing(user: str, maildir: bytes, describe: Describe, problems: list[
                             continue
                         name = os.fsencode(os.path.basename(message.path))
                         micros, size = _micros(message.base), message.wire
+                        days, rest = uid_parts(message.arrival,
+                                               message.base.encode("utf-8", "surrogateescape"))
                 except FileNotFoundError:
                     continue  # removed by another agent since the listing
                 except OSError as e:
@@ -207,11 +275,16 @@ def build_listing(user: str, maildir: bytes, describe: Describe, problems: list[
                 blob += _SEP
                 wire.append(int(size))
                 arrivals.append(micros)
+                uid_days.append(min(days, _NOT_YET))  # after 2149: computed when asked for
+                uid_rest.append(rest)
     order = _oldest_first(blob, starts, arrivals, maildir, problems)
     del arrivals
     sizes = array("I" if max(wire, default=0) < 1 << 32 else "q", (wire[i] for i in order))
     del wire
-    return Listing(user, maildir, blob, array("I", (starts[i] for i in order)), sizes)
+    listing = Listing(user, maildir, blob, array("I", (starts[i] for i in order)), sizes)
+    listing._uid_days = array("H", (uid_days[i] for i in order))
+    listing._uid_rest = array("Q", (uid_rest[i] for i in order))
+    return listing
 
 
 def _micros(base: str) -> int:
@@ -283,3 +356,10 @@ def _by_base(run: list[int], blob: bytearray, starts: array, maildir: bytes,
 def _path(maildir: bytes, blob: bytearray, starts: array, i: int) -> bytes:
     start = starts[i]
     return maildir + b"/" + bytes(blob[start:blob.index(_SEP, start)])
+
+
+def _crc32(parts: list[memoryview]) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc

@@ -50,6 +50,8 @@ NEWMAIL = "NEWMAIL"
 MAIL = "MAIL"
 SECRET_FILE = "POP_SECRET.DAT"
 LOCK_FILE = ".vmspop.lock"
+#: In each folder: its listing as last built, for other processes and restarts (a cache).
+LISTING_FILE = ".vmspop-listing"
 MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 
 #: Large enough that the per-block Python overhead is negligible, small enough to stay in cache.
@@ -65,7 +67,7 @@ STALE_TMP_SECONDS = 36 * 3600
 
 @dataclass(frozen=True)
 class _CachedListing:
-    stamp: list[tuple[int, int] | None]  # (inode, mtime) of new/ and cur/ when listed
+    stamp: list[list[int] | None]  # [inode, mtime] of new/ and cur/ when listed
     listing: Listing
     problems: list[str]
 
@@ -102,6 +104,14 @@ def _directory_stat(path: Path) -> os.stat_result:
         return os.fstat(fd)
     finally:
         os.close(fd)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _new_private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def _fsync_dir(path: Path | str) -> None:
@@ -266,7 +276,7 @@ class MailStore:
             skipped.append(f"skipped {maildir}: a symbolic link, not served")
             return Listing.empty(user, os.fsencode(maildir))
         started = time.time()
-        stamp: list[tuple[int, int] | None] = []
+        stamp: list[list[int] | None] = []  # JSON-ready: saved with the listing
         subdirs: list[str] = []
         for sub in ("new", "cur"):
             try:
@@ -278,7 +288,7 @@ class MailStore:
                     skipped.append(f"skipped {maildir / sub}: a symbolic link, not served")
                 stamp.append(None)
                 continue
-            stamp.append((st.st_ino, st.st_mtime_ns))
+            stamp.append([st.st_ino, st.st_mtime_ns])
             subdirs.append(sub)
         key = (user, folder)
         with self._listings_guard:
@@ -287,7 +297,15 @@ class MailStore:
                 self._listings.move_to_end(key)
                 skipped.extend(cached.problems)
                 return cached.listing.head(limit)
-        found: list[str] = []
+        # Another process (a worker, another node, this one before a restart) may have
+        # saved the listing of this very state of the folder.
+        loaded = self._load_listing(user, maildir, stamp)
+        if loaded is not None:
+            listing, found = loaded
+            self._keep(key, _CachedListing(stamp, listing, found))
+            skipped.extend(found)
+            return listing.head(limit)
+        found = []
         listing = build_listing(user, os.fsencode(maildir),
                                 lambda directory, name: self._describe(user, Path(directory), name),
                                 found, tuple(subdirs))
@@ -297,7 +315,28 @@ class MailStore:
         settled = (started - MTIME_SETTLE_SECONDS) * 1e9
         if all(s is None or s[1] < settled for s in stamp):
             self._keep(key, _CachedListing(stamp, listing, found))
+            self._save_listing(maildir, listing, stamp, found)
         return listing.head(limit)
+
+    def _load_listing(self, user: str, maildir: Path,
+                      stamp: list[list[int] | None]) -> tuple[Listing, list[str]] | None:
+        try:
+            with open(maildir / LISTING_FILE, "rb", opener=_no_follow) as f:
+                return Listing.load(user, os.fsencode(maildir), f, stamp)
+        except OSError:
+            return None  # none saved yet, or unreadable: list the folder
+
+    def _save_listing(self, maildir: Path, listing: Listing, stamp: list[list[int] | None],
+                      problems: list[str]) -> None:
+        # Written aside and renamed, so a reader never sees half a file; not fsync'ed:
+        # a listing lost in a crash is only built again.
+        partial = maildir / f"{LISTING_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            with open(partial, "wb", opener=_new_private) as f:
+                listing.save(f, stamp, problems)
+            os.rename(partial, maildir / LISTING_FILE)
+        except OSError:
+            _unlink_quietly(partial)  # a full disk, say: the listing stays in memory
 
     def _keep(self, key: tuple[str, str], entry: _CachedListing) -> None:
         with self._listings_guard:
