@@ -25,12 +25,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from twistd import ROOT, connect, free_port, start_twistd
-from vmspop.passwd import Account, PasswordFile
 from vmspop.names import parse_name
+from vmspop.passwd import Account, PasswordFile
 from vmspop.store import MAIL, NEWMAIL, MailStore
 
 ROUNDS = int(os.environ.get("VMSPOP_FAULT_ROUNDS", "8"))
@@ -54,6 +55,26 @@ def files(store: MailStore) -> dict[str, list[str]]:
                 assert parts is not None, name
                 found.setdefault(parts[0], []).append(f"{folder}/{sub}")
     return found
+
+
+def login_on_a_new_server(tmp: Path, leftovers: Sequence[Path] = ()) -> int:
+    """Age ``leftovers`` past Maildir's 36 hours, log jones in on a new server (which
+    removes them), and return the number of messages the login found."""
+    old = time.time() - 37 * 3600
+    for path in leftovers:
+        os.utime(path, (old, old))
+    port = free_port()
+    server = start(tmp, port)
+    try:
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        client.user("jones")
+        assert client.pass_("wonderland").startswith(b"+OK")
+        count = client.stat()[0]
+        client.quit()
+    finally:
+        server.terminate()
+        server.wait(10)
+    return count
 
 
 def one_round(tmp: Path, rng: random.Random) -> str:
@@ -113,16 +134,7 @@ def one_round(tmp: Path, rng: random.Random) -> str:
         assert stored == bodies[base], f"{name} changed"
 
     # A new server serves the user at once: the lock died with the killed process.
-    port = free_port()
-    server = start(tmp, port)
-    try:
-        client = poplib.POP3("127.0.0.1", port, timeout=30)
-        client.user("jones")
-        assert client.pass_("wonderland").startswith(b"+OK")
-        client.quit()
-    finally:
-        server.terminate()
-        server.wait(10)
+    login_on_a_new_server(tmp)
     return outcome
 
 
@@ -176,20 +188,7 @@ def test_sigkill_during_deliver(tmp_path: Path) -> None:
             os.unlink(new / name)
             landed.append(name)
     print("delivered before the kill:", len(landed), "of", ROUNDS)
-    old = time.time() - 37 * 3600
-    leftovers = list((store.folder("jones", NEWMAIL) / "tmp").iterdir())
-    for path in leftovers:
-        os.utime(path, (old, old))
-    port = free_port()
-    server = start(tmp_path, port)
-    try:
-        client = poplib.POP3("127.0.0.1", port, timeout=30)
-        client.user("jones")
-        client.pass_("wonderland")
-        client.quit()
-    finally:
-        server.terminate()
-        server.wait(10)
+    login_on_a_new_server(tmp_path, list((store.folder("jones", NEWMAIL) / "tmp").iterdir()))
     assert list((store.folder("jones", NEWMAIL) / "tmp").iterdir()) == []
 
 
@@ -273,20 +272,7 @@ def test_sigkill_during_smtp_deliveries(tmp_path: Path) -> None:
     # Leftovers are removed by the next login once Maildir's 36 hours have passed, not before.
     fresh = store.folder("jones", NEWMAIL) / "tmp" / "1.M1P1.fresh"
     fresh.write_bytes(b"a delivery in progress")
-    old = time.time() - 37 * 3600
-    for path in leftovers:
-        os.utime(path, (old, old))
-    port = free_port()
-    server = start(tmp_path, port)
-    try:
-        client = poplib.POP3("127.0.0.1", port, timeout=30)
-        client.user("jones")
-        assert client.pass_("wonderland").startswith(b"+OK")
-        assert client.stat()[0] == len(found)
-        client.quit()
-    finally:
-        server.terminate()
-        server.wait(10)
+    assert login_on_a_new_server(tmp_path, leftovers) == len(found)
     assert list((store.folder("jones", NEWMAIL) / "tmp").iterdir()) == [fresh]
 
 
