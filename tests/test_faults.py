@@ -35,6 +35,8 @@ from vmspop.passwd import Account, PasswordFile
 from vmspop.store import MAIL, NEWMAIL, MailStore
 
 ROUNDS = int(os.environ.get("VMSPOP_FAULT_ROUNDS", "8"))
+#: Clients cut off mid-DATA in the descriptor-leak test (issue 6 asks for thousands).
+LEAK_CLIENTS = int(os.environ.get("VMSPOP_LEAK_CLIENTS", "1000"))
 MESSAGES = 400
 
 
@@ -281,7 +283,7 @@ def descriptors(pid: int) -> int:
 
 
 def test_no_descriptor_leak_after_smtp_clients_vanish_mid_data(tmp_path: Path) -> None:
-    """Hundreds of SMTP clients that vanish in the middle of DATA (some after more than the
+    """A thousand SMTP clients that vanish in the middle of DATA (some after more than the
     in-memory spool, some with a reset) leave no descriptor open in the server, and no file."""
     PasswordFile(tmp_path / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
     store = MailStore(tmp_path / "mail")
@@ -307,7 +309,7 @@ def test_no_descriptor_leak_after_smtp_clients_vanish_mid_data(tmp_path: Path) -
         drop(big, False)  # warm up: the thread pool and the like
         time.sleep(0.5)
         before = descriptors(server.pid)
-        for i in range(300):
+        for i in range(LEAK_CLIENTS):
             body = big if i % 4 == 0 else b"Subject: cut\r\n\r\nhalf a li"
             drop(body[: len(body) - (i % 7)], reset=i % 3 == 0)
         deadline = time.monotonic() + 20
