@@ -52,7 +52,7 @@ _NOT_YET = 0xFFFF
 class Listing(Sequence[StoredMessage]):
     """The messages of one folder, oldest arrival first, as they were when it was built.
 
-    Indexing gives a :class:`~vmspop.store_names.StoredMessage`; the cheaper
+    Indexing gives a :class:`~vmspop.names.StoredMessage`; the cheaper
     :meth:`path`, :attr:`wire` and :meth:`uid` answer a session's commands without one.
 
     Args:
@@ -73,7 +73,7 @@ class Listing(Sequence[StoredMessage]):
         self.wire = wire
         #: Sum of :attr:`wire`.
         self.total_wire = sum(wire)
-        self._uid_days: array | None = None  # filled as UIDLs are asked for
+        self._uid_days: array | None = None  # set by build_listing, or filled as asked for
         self._uid_rest = array("Q")
         self._upper = user.upper() + "_"
 
