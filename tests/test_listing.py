@@ -297,7 +297,7 @@ def test_another_process_uses_the_saved_listing(store: MailStore, monkeypatch: p
     assert loaded == store.scan(USER, NEWMAIL) and len(loaded) == 2 and first == []
     assert [loaded.uid(i) for i in range(2)] == [m.uid for m in store.scan(USER, NEWMAIL)]
     assert len(problems) == 1 and "not a regular file" in problems[0]
-    assert not [n for n in os.listdir(store.folder(USER, NEWMAIL)) if n.endswith(".tmp")]
+    assert os.listdir(store.folder(USER, NEWMAIL) / "tmp") == []
 
 
 def test_saved_listing_of_another_state_is_not_used(store: MailStore) -> None:
@@ -360,7 +360,8 @@ def test_listing_that_cannot_be_saved_is_still_served(store: MailStore,
     store.deliver([USER], [b"one\n"])
     settle(store)
     assert len(store.scan(USER, NEWMAIL)) == 1
-    assert not [n for n in os.listdir(store.folder(USER, NEWMAIL)) if n.startswith(LISTING_FILE)]
+    assert not (store.folder(USER, NEWMAIL) / LISTING_FILE).exists()
+    assert os.listdir(store.folder(USER, NEWMAIL) / "tmp") == []
 
 
 def test_saved_listing_is_not_read_through_a_symbolic_link(store: MailStore, tmp_path: Path) -> None:

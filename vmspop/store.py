@@ -328,9 +328,10 @@ class MailStore:
 
     def _save_listing(self, maildir: Path, listing: Listing, stamp: list[list[int] | None],
                       problems: list[str]) -> None:
-        # Written aside and renamed, so a reader never sees half a file; not fsync'ed:
-        # a listing lost in a crash is only built again.
-        partial = maildir / f"{LISTING_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        # Written in tmp/ and renamed, so a reader never sees half a file, and what a
+        # crash leaves there goes with Maildir's 36-hour rule; not fsync'ed: a listing
+        # lost in a crash is only built again.
+        partial = maildir / "tmp" / f"{LISTING_FILE}.{os.getpid()}.{threading.get_ident()}"
         try:
             with open(partial, "wb", opener=_new_private) as f:
                 listing.save(f, stamp, problems)
