@@ -12,8 +12,8 @@ where it was; the others are still made, and :class:`UpdateIncomplete` says what
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO
 
 from twisted.internet.defer import Deferred, succeed
@@ -152,10 +152,6 @@ class VMSMailbox:
         if index in self.deleted:
             raise BadMessageNumber(f"message {index + 1} already deleted")
         return index
-
-    def message(self, index: int) -> StoredMessage:
-        """The live message at ``index`` (see :meth:`check` for the errors)."""
-        return self.messages[self.check(index)]
 
     def prefix(self, index: int) -> bytes:
         """Octets sent before stored message ``index``: the ID headers, if enabled (LF ends)."""
