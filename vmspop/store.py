@@ -6,6 +6,7 @@ Layout (see docs/admin.md)::
     MAILROOT/<user>/MAIL/{cur,new,tmp}/      retrieved-but-not-deleted mail goes to MAIL/cur/
     MAILROOT/<user>/POP_SECRET.DAT           the APOP shared secret (vmspop.secretfile)
     MAILROOT/<user>/.vmspop.lock             the session lock (flock; never removed)
+    MAILROOT/<user>/<FOLDER>/.vmspop-listing the folder's listing (vmspop.listing), a cache
 
 Message file names follow the Maildir convention with Dovecot's size fields:
 ``<base>,S=<stored octets>,W=<wire octets>[:2,<flags>]``.  The base never changes
@@ -56,8 +57,8 @@ MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 
 #: Large enough that the per-block Python overhead is negligible, small enough to stay in cache.
 READ_BLOCK = 256 * 1024
-#: Listings kept for the next login, in messages over all users: about 80 octets each,
-#: so at most 16 MB; the least recently used user's listing goes first.
+#: Listings kept for the next login, in messages over all users: about 85 octets each,
+#: so at most 17 MB; the least recently used user's listing goes first.
 LISTING_CACHE_MESSAGES = 200_000
 #: A directory changed this recently may change again without its mtime moving
 #: (timestamps advance by clock ticks, or whole seconds on some file systems).
@@ -261,7 +262,8 @@ class MailStore:
         The listing is kept (up to :data:`LISTING_CACHE_MESSAGES` messages for all
         users) and given again, without reading the directories, while the
         modification times of ``new/`` and ``cur/`` stay what they were: every
-        delivery, move and removal changes them.
+        delivery, move and removal changes them.  It is also saved in the folder
+        (:data:`LISTING_FILE`), where other processes find it.
 
         Args:
             user: the mailbox owner.
