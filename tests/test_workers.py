@@ -158,7 +158,9 @@ def test_two_workers_share_sessions_locks_and_limits(tmp_path: Path) -> None:
         second.quit()
         first.quit()
 
-        # --max-sessions 4: four sessions on worker 1 leave no room on worker 2.
+        # --max-sessions 4: four sessions on worker 1 leave no room on worker 2.  First,
+        # the sessions above must be counted out (a worker does so once it sees the close).
+        wait_for(lambda: stats(port)["All Workers Threads"] == "1", "the sessions to be counted out")
         with only(1, pids):
             held = [poplib.POP3("127.0.0.1", port, timeout=10) for _ in range(4)]
         with only(2, pids):
