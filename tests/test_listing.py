@@ -374,3 +374,69 @@ def test_saved_listing_is_not_read_through_a_symbolic_link(store: MailStore, tmp
     assert len(other.scan(USER, NEWMAIL)) == 2  # listed again, not loaded through the link
     assert not path.is_symlink()  # and the new listing replaced the link, not its target
     assert elsewhere.read_bytes().startswith(b"vmspop folder listing")
+
+
+# -- large folders are listed in a helper process ----------------------------------------------
+
+
+@pytest.fixture
+def helper_for_every_folder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Send every build to vmspop.relist (running this checkout), and count the helpers."""
+    import vmspop.relist
+    import vmspop.store
+    monkeypatch.setattr(vmspop.store, "OUT_OF_PROCESS_DIRECTORY_BYTES", 0)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    runs: list[int] = []
+    real = vmspop.relist.build_elsewhere
+
+    def counting(*args: object) -> bool:
+        runs.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vmspop.relist, "build_elsewhere", counting)
+    return runs
+
+
+def test_large_folder_is_listed_by_a_helper_process(store: MailStore, helper_for_every_folder: list[int],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper lists the folder (measuring and renaming a foreign file, reporting what it
+    skipped), the server loads its result, and keeps and saves it once settled."""
+    store.deliver([USER], [b"one\n"], arrival=1_600_000_000)
+    new = store.folder(USER, NEWMAIL) / "new"
+    (new / "1600000001.V1I1M1.mx").write_bytes(b"foreign\n")
+    (new / "1700000000.M1P1.stray").mkdir()
+    settle(store)
+
+    def no_thread_build(*args: object) -> None:
+        raise AssertionError("listed in the server process")  # pragma: no cover
+
+    monkeypatch.setattr(vmspop.store, "build_listing", no_thread_build)
+    problems: list[str] = []
+    listing = store.scan(USER, NEWMAIL, problems=problems)
+    assert helper_for_every_folder == [1]
+    assert [m.wire for m in listing] == [5, 9]
+    assert Path(listing[1].path).name == "1600000001.V1I1M1.mx,S=8,W=9"  # renamed by the helper
+    assert len(problems) == 1 and "not a regular file" in problems[0]
+    assert (store.folder(USER, NEWMAIL) / LISTING_FILE).exists()
+    assert os.listdir(store.folder(USER, NEWMAIL) / "tmp") == []
+
+
+def test_helper_listing_of_a_changing_folder_serves_the_session_only(
+        store: MailStore, helper_for_every_folder: list[int]) -> None:
+    """A folder changed in the last seconds: the helper's listing serves this login, but it
+    is neither kept nor saved for others."""
+    store.deliver([USER], [b"one\n"])
+    assert len(store.scan(USER, NEWMAIL)) == 1
+    assert not (store.folder(USER, NEWMAIL) / LISTING_FILE).exists()
+    assert len(store.scan(USER, NEWMAIL)) == 1
+    assert helper_for_every_folder == [1, 1]
+    assert os.listdir(store.folder(USER, NEWMAIL) / "tmp") == []
+
+
+def test_folder_is_listed_here_when_the_helper_fails(store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the helper cannot run (or writes nothing usable), the server lists the folder itself."""
+    import vmspop.relist
+    monkeypatch.setattr(vmspop.store, "OUT_OF_PROCESS_DIRECTORY_BYTES", 0)
+    monkeypatch.setattr(vmspop.relist.sys, "executable", "/nonexistent/python")
+    store.deliver([USER], [b"one\n"])
+    assert len(store.scan(USER, NEWMAIL)) == 1

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from vmspop import relist
 from vmspop.listing import Listing, build_listing
 from vmspop.names import NAME, StoredMessage, arrival_of, make_uid, parse_name, size_field
 from vmspop.wire import WireSize
@@ -63,6 +64,10 @@ LISTING_CACHE_MESSAGES = 200_000
 #: A directory changed this recently may change again without its mtime moving
 #: (timestamps advance by clock ticks, or whole seconds on some file systems).
 MTIME_SETTLE_SECONDS = 2.0
+#: Folders whose new/ and cur/ directories are this large (about 13,000 names on ext4)
+#: are listed in a helper process (vmspop.relist): a second of Python in a pool thread
+#: would hold the GIL and stall every session.
+OUT_OF_PROCESS_DIRECTORY_BYTES = 1 << 20
 #: Maildir's rule: a file in tmp/ untouched for 36 hours is an abandoned delivery.
 STALE_TMP_SECONDS = 36 * 3600
 
@@ -162,6 +167,7 @@ class MailStore:
     def __init__(self, root: str | os.PathLike[str], hostname: str | None = None) -> None:
         self.root = Path(root)
         host = hostname or socket.gethostname()
+        self.hostname = host
         # Maildir: '/' and ':' cannot appear in the host part; Dovecot also escapes ','.
         self._host = host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
         self._counter = itertools.count(1)
@@ -278,8 +284,52 @@ class MailStore:
             skipped.append(f"skipped {maildir}: a symbolic link, not served")
             return Listing.empty(user, os.fsencode(maildir))
         started = time.time()
+        stamp, subdirs, size = self._stamp(maildir, skipped)
+        key = (user, folder)
+        with self._listings_guard:
+            cached = self._listings.get(key)
+            if cached is not None and cached.stamp == stamp:
+                self._listings.move_to_end(key)
+                skipped.extend(cached.problems)
+                return cached.listing.head(limit)
+        # Another process (a worker, another node, this one before a restart) may have
+        # saved the listing of this very state of the folder.
+        loaded = self._load_listing(user, maildir, maildir / LISTING_FILE, stamp)
+        built_elsewhere = None
+        if loaded is None and size >= OUT_OF_PROCESS_DIRECTORY_BYTES:
+            built_elsewhere = maildir / "tmp" / f"{LISTING_FILE}.{os.getpid()}.{threading.get_ident()}"
+            if relist.build_elsewhere(self.root, self.hostname, user, folder, built_elsewhere):
+                # None if the folder changed while the helper listed it: then list it here.
+                loaded = self._load_listing(user, maildir, built_elsewhere, stamp)
+        if loaded is not None:
+            listing, found = loaded
+        else:
+            found = []
+            listing = build_listing(user, os.fsencode(maildir),
+                                    lambda directory, name: self._describe(user, Path(directory), name),
+                                    found, tuple(subdirs))
+        skipped.extend(found)
+        # A change in the same timestamp tick as the listing could leave the mtime as it
+        # was; only a listing of directories that had been still for a while is kept.
+        settled = (started - MTIME_SETTLE_SECONDS) * 1e9
+        if all(s is None or s[1] < settled for s in stamp):
+            self._keep(key, _CachedListing(stamp, listing, found))
+            if built_elsewhere is not None and loaded is not None:
+                _rename_quietly(built_elsewhere, maildir / LISTING_FILE)
+            elif loaded is None:
+                self._save_listing(maildir, listing, stamp, found)
+        if built_elsewhere is not None:
+            _unlink_quietly(built_elsewhere)
+        return listing.head(limit)
+
+    def _stamp(self, maildir: Path,
+               skipped: list[str]) -> tuple[list[list[int] | None], list[str], int]:
+        """The [inode, mtime] of new/ and cur/ (None where missing), the sub-directories
+        that hold messages, and the size of those directories (which grows with the
+        number of names in them)."""
         stamp: list[list[int] | None] = []  # JSON-ready: saved with the listing
         subdirs: list[str] = []
+        size = 0
         for sub in ("new", "cur"):
             try:
                 st = _directory_stat(maildir / sub)
@@ -292,38 +342,25 @@ class MailStore:
                 continue
             stamp.append([st.st_ino, st.st_mtime_ns])
             subdirs.append(sub)
-        key = (user, folder)
-        with self._listings_guard:
-            cached = self._listings.get(key)
-            if cached is not None and cached.stamp == stamp:
-                self._listings.move_to_end(key)
-                skipped.extend(cached.problems)
-                return cached.listing.head(limit)
-        # Another process (a worker, another node, this one before a restart) may have
-        # saved the listing of this very state of the folder.
-        loaded = self._load_listing(user, maildir, stamp)
-        if loaded is not None:
-            listing, found = loaded
-            self._keep(key, _CachedListing(stamp, listing, found))
-            skipped.extend(found)
-            return listing.head(limit)
-        found = []
+            size += st.st_size
+        return stamp, subdirs, size
+
+    def save_built_listing(self, user: str, folder: str, output: Path) -> None:
+        """List ``folder`` here and save it to ``output``, settled or not (for
+        :mod:`vmspop.relist`, whose caller decides whether to keep it)."""
+        maildir = self.folder(user, folder)
+        problems: list[str] = []
+        stamp, subdirs, _ = self._stamp(maildir, problems)
         listing = build_listing(user, os.fsencode(maildir),
                                 lambda directory, name: self._describe(user, Path(directory), name),
-                                found, tuple(subdirs))
-        skipped.extend(found)
-        # A change in the same timestamp tick as the listing could leave the mtime as it
-        # was; only a listing of directories that had been still for a while is kept.
-        settled = (started - MTIME_SETTLE_SECONDS) * 1e9
-        if all(s is None or s[1] < settled for s in stamp):
-            self._keep(key, _CachedListing(stamp, listing, found))
-            self._save_listing(maildir, listing, stamp, found)
-        return listing.head(limit)
+                                problems, tuple(subdirs))
+        with open(output, "wb", opener=_new_private) as f:
+            listing.save(f, stamp, problems)
 
-    def _load_listing(self, user: str, maildir: Path,
+    def _load_listing(self, user: str, maildir: Path, path: Path,
                       stamp: list[list[int] | None]) -> tuple[Listing, list[str]] | None:
         try:
-            with open(maildir / LISTING_FILE, "rb", opener=_no_follow) as f:
+            with open(path, "rb", opener=_no_follow) as f:
                 return Listing.load(user, os.fsencode(maildir), f, stamp)
         except OSError:
             return None  # none saved yet, or unreadable: list the folder
@@ -602,6 +639,13 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _rename_quietly(source: Path, target: Path) -> None:
+    try:
+        os.rename(source, target)
+    except OSError:
+        pass  # a cache: the next process lists the folder again
 
 
 def _unlink_quietly(path: Path) -> None:
