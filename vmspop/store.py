@@ -305,9 +305,7 @@ class MailStore:
             listing, found = loaded
         else:
             found = []
-            listing = build_listing(user, os.fsencode(maildir),
-                                    lambda directory, name: self._describe(user, Path(directory), name),
-                                    found, tuple(subdirs))
+            listing = self._build(user, maildir, subdirs, found)
         skipped.extend(found)
         # A change in the same timestamp tick as the listing could leave the mtime as it
         # was; only a listing of directories that had been still for a while is kept.
@@ -345,15 +343,18 @@ class MailStore:
             size += st.st_size
         return stamp, subdirs, size
 
+    def _build(self, user: str, maildir: Path, subdirs: list[str], problems: list[str]) -> Listing:
+        return build_listing(user, os.fsencode(maildir),
+                             lambda directory, name: self._describe(user, Path(directory), name),
+                             problems, tuple(subdirs))
+
     def save_built_listing(self, user: str, folder: str, output: Path) -> None:
         """List ``folder`` here and save it to ``output``, settled or not (for
         :mod:`vmspop.relist`, whose caller decides whether to keep it)."""
         maildir = self.folder(user, folder)
         problems: list[str] = []
         stamp, subdirs, _ = self._stamp(maildir, problems)
-        listing = build_listing(user, os.fsencode(maildir),
-                                lambda directory, name: self._describe(user, Path(directory), name),
-                                problems, tuple(subdirs))
+        listing = self._build(user, maildir, subdirs, problems)
         with open(output, "wb", opener=_new_private) as f:
             listing.save(f, stamp, problems)
 

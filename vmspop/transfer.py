@@ -62,14 +62,11 @@ class FileSource:
     def _open_and_read(self) -> tuple[IO[bytes] | None, bytes]:
         f = open(self.path, "rb")
         try:
-            block = f.read(self._block_size)
+            at_end, block = self._read_block(f)
         except BaseException:
             f.close()
             raise
-        if len(block) < self._block_size:  # a buffered read returns short only at the end
-            f.close()
-            return None, block
-        return f, block
+        return (None if at_end else f), block
 
     @property
     def whole(self) -> bytes | None:
@@ -94,7 +91,7 @@ class FileSource:
 
     def _read_block(self, f: IO[bytes]) -> tuple[bool, bytes]:
         block = f.read(self._block_size)
-        if len(block) < self._block_size:
+        if len(block) < self._block_size:  # a buffered read returns short only at the end
             f.close()
             return True, block
         return False, block
