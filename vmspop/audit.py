@@ -156,10 +156,8 @@ class Audit:
             self.report(self.mail_root, "mail root is not a directory")
             return
         store = MailStore(self.mail_root)
-        try:
-            entries = sorted(os.scandir(self.mail_root), key=lambda e: e.name)
-        except OSError as e:
-            self.report(self.mail_root, f"mail root cannot be read: {e.strerror}")
+        entries = self.listing(self.mail_root, "mail root cannot be read")
+        if entries is None:
             return
         # The password file (and its lock) may live inside the mail root.
         own_files = {os.path.realpath(self.passwd_path),
@@ -204,10 +202,8 @@ class Audit:
             return
         self.users += 1
         self.ownership(path, owners)
-        try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError as e:
-            self.report(path, f"cannot be read: {e.strerror}")
+        entries = self.listing(path)
+        if entries is None:
             return
         for entry in entries:
             child = Path(entry.path)
@@ -270,12 +266,19 @@ class Audit:
             self.report(path, f"mode {stat.S_IMODE(st.st_mode):04o} lets group or others create "
                               "files here (use 0700)")
 
+    def listing(self, directory: Path, unreadable: str = "cannot be read") -> list[os.DirEntry] | None:
+        """The entries of ``directory`` sorted by name (a stable report), or None when it
+        cannot be read, which is reported."""
+        try:
+            return sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            self.report(directory, f"{unreadable}: {e.strerror}")
+            return None
+
     def messages_in(self, directory: Path) -> None:
         """Audit the message files of one ``new/`` or ``cur/``, by stat only."""
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as e:
-            self.report(directory, f"cannot be read: {e.strerror}")
+        entries = self.listing(directory)
+        if entries is None:
             return
         for entry in entries:
             if entry.name.startswith("."):
