@@ -30,6 +30,7 @@ from vmspop.store import (
     NEWMAIL,
     READ_BLOCK,
     STALE_TMP_SECONDS,
+    TMP_SWEEP_INTERVAL,
     DeliveryError,
     MailboxLocked,
     MailStore,
@@ -735,6 +736,37 @@ def test_stale_tmp_files_only_older_than_36_hours(store: MailStore) -> None:
                       (fresh, 0), (delivered, 100 * 3600)):
         os.utime(path, (now - age, now - age))
     assert sorted(store.stale_tmp_files(USER, now=now)) == sorted([old_new, old_mail])
+
+
+def test_sweep_tmp_at_most_once_an_interval(store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login sweeps tmp/ at most every TMP_SWEEP_INTERVAL a user; a failed sweep is retried."""
+    clock = [1000.0]
+    monkeypatch.setattr("vmspop.store.time.monotonic", lambda: clock[0])
+    old = time.time() - STALE_TMP_SECONDS - 60
+
+    def abandoned(name: str) -> Path:
+        path = put(store, USER, NEWMAIL, "tmp", name, b"x")
+        os.utime(path, (old, old))
+        return path
+
+    first = abandoned("first")
+    assert store.sweep_tmp(USER) == 1 and not first.exists()
+    second = abandoned("second")
+    clock[0] += TMP_SWEEP_INTERVAL - 1
+    assert store.sweep_tmp(USER) == 0 and second.exists()
+    store.create_mailbox("other")
+    assert store.sweep_tmp("other") == 0  # each user has their own interval
+    clock[0] += 1
+    assert store.sweep_tmp(USER) == 1 and not second.exists()
+
+    clock[0] += TMP_SWEEP_INTERVAL
+    third = abandoned("third")
+    monkeypatch.setattr(MailStore, "remove_stale_tmp_files", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        store.sweep_tmp(USER)
+    monkeypatch.undo()
+    monkeypatch.setattr("vmspop.store.time.monotonic", lambda: clock[0])
+    assert store.sweep_tmp(USER) == 1 and not third.exists()
 
 
 def test_stale_tmp_files_default_now(store: MailStore) -> None:

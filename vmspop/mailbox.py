@@ -275,7 +275,7 @@ def open_mailbox(store: MailStore, user: str, *, use_mail_folder: bool, leave_in
     lock = store.lock(user)
     problems: list[str] = []
     try:
-        removed = store.remove_stale_tmp_files(user)
+        removed = store.sweep_tmp(user)
         if removed:
             problems.append(f"removed {removed} abandoned delivery file(s) older than 36 hours from tmp/")
         if use_mail_folder:

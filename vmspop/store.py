@@ -70,6 +70,10 @@ MTIME_SETTLE_SECONDS = 2.0
 OUT_OF_PROCESS_DIRECTORY_BYTES = 1 << 20
 #: Maildir's rule: a file in tmp/ untouched for 36 hours is an abandoned delivery.
 STALE_TMP_SECONDS = 36 * 3600
+#: A login looks for abandoned deliveries at most this often a user (in each process):
+#: they must be 36 hours old to go, so an hour later changes little, and reading two
+#: tmp/ directories was a third of the time it takes to open a small mailbox.
+TMP_SWEEP_INTERVAL = 3600.0
 
 @dataclass(frozen=True)
 class _CachedListing:
@@ -175,6 +179,7 @@ class MailStore:
         self._locks_guard = threading.Lock()
         self._listings: OrderedDict[tuple[str, str], _CachedListing] = OrderedDict()
         self._listings_guard = threading.Lock()
+        self._swept: dict[str, float] = {}  # user -> time.monotonic() of the last tmp/ sweep
 
     # -- paths --------------------------------------------------------------------------
 
@@ -582,6 +587,17 @@ class MailStore:
                 except FileNotFoundError:
                     continue
 
+
+    def sweep_tmp(self, user: str) -> int:
+        """:meth:`remove_stale_tmp_files`, unless this process did so for ``user`` less than
+        :data:`TMP_SWEEP_INTERVAL` ago (then 0)."""
+        now = time.monotonic()
+        last = self._swept.get(user)
+        if last is not None and now - last < TMP_SWEEP_INTERVAL:
+            return 0
+        removed = self.remove_stale_tmp_files(user)
+        self._swept[user] = now  # only after a sweep that did not fail
+        return removed
 
     def remove_stale_tmp_files(self, user: str, now: float | None = None) -> int:
         """Delete abandoned deliveries (Maildir's rule: only ``tmp/`` files over 36 hours old).
