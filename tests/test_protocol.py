@@ -14,6 +14,8 @@ from twisted.internet import defer
 
 from support import Client, Server, multiline_body, open_files
 
+from vmspop.transfer import READ_AHEAD_BYTES
+
 HELLO = b"Subject: hello\n\nfirst line\n"
 SECOND = b"Subject: second\r\n\r\nline one\r\nline two\r\n"
 
@@ -243,6 +245,81 @@ def test_vanished_file_answers_error(server: Server) -> None:
     os.unlink(client.protocol.mbox.messages[0].path)
     assert client.command("RETR 1") == b"-ERR [SYS/TEMP] message 1 is no longer available\r\n"
     assert client.command("RETR 2").startswith(b"+OK")
+
+
+def counting_thread_calls(server: Server) -> list[str]:
+    """Count the server's blocking calls by name (they still run at once)."""
+    calls: list[str] = []
+    run = server.run_in_thread
+
+    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(f.__name__)
+        return run(f, *args, **kwargs)
+
+    server.run_in_thread = counted
+    return calls
+
+
+def test_retr_reads_the_next_messages_ahead(server: Server) -> None:
+    """A download in order costs one blocking call per READ_AHEAD_BYTES, not one a message."""
+    messages = [b"Subject: %d\n\nbody %d\n" % (i, i) for i in range(1, 6)]
+    client = logged_in(server, *messages)
+    calls = counting_thread_calls(server)
+    for number, message in enumerate(messages, 1):
+        assert client.command(f"RETR {number}").split(b"\r\n", 1)[1] == \
+            message.replace(b"\n", b"\r\n") + b".\r\n"
+    assert calls == ["_open_and_read"]
+    assert client.command("TOP 5 0").startswith(b"+OK")  # a repeat is read again
+    assert calls == ["_open_and_read"] * 2
+
+
+def test_read_ahead_skips_deleted_and_stops_at_its_budget(server: Server) -> None:
+    """Deleted messages are not read ahead, a message over the budget ends the read-ahead,
+    and DELE lets go of a message read ahead."""
+    big = b"x" * 70 + b"\n"
+    body = big * (READ_AHEAD_BYTES * 2 // 5 // (len(big) + 1))  # two fit in the budget, three do not
+    client = logged_in(server, HELLO, HELLO, body, body, body, HELLO)
+    calls = counting_thread_calls(server)
+    assert client.command("DELE 2").startswith(b"+OK")
+    assert client.command("RETR 1").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {2, 3}  # message 2 (index 1) skipped
+    assert sum(map(len, client.protocol._read_ahead.values())) <= READ_AHEAD_BYTES
+    assert client.command("DELE 4").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {2}
+    assert client.command("RETR 3").startswith(b"+OK %d octets" % (len(body) + body.count(b"\n")))
+    assert calls == ["_open_and_read"]
+    assert client.command("RETR 5").startswith(b"+OK") and client.command("RETR 6").startswith(b"+OK")
+    assert calls == ["_open_and_read"] * 2
+
+
+def test_read_ahead_leaves_an_unreadable_message_to_its_own_retr(server: Server) -> None:
+    """A message that cannot be read ahead is not an error until it is asked for."""
+    client = logged_in(server, HELLO, HELLO, SECOND)
+    os.unlink(client.protocol.mbox.messages[1].path)
+    assert client.command("RETR 1").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {2}
+    assert client.command("RETR 2") == b"-ERR [SYS/TEMP] message 2 is no longer available\r\n"
+    assert client.command("RETR 3").split(b"\r\n", 1)[1] == SECOND + b".\r\n"
+
+
+def test_no_read_ahead_after_a_message_larger_than_a_block(server: Server) -> None:
+    """A message streamed in several blocks reads nothing ahead (its file stays open)."""
+    server.factory.block_size = 16
+    client = logged_in(server, b"y" * 40 + b"\n", HELLO)
+    assert client.command("RETR 1").startswith(b"+OK 42 octets")
+    assert client.protocol._read_ahead == {}
+
+
+def test_read_ahead_takes_only_files_that_fit_a_block(server: Server) -> None:
+    """A file read ahead must fit in one block; a larger one is streamed when asked for."""
+    server.factory.block_size = 32
+    long = b"z" * 50 + b"\n"
+    client = logged_in(server, HELLO, long, HELLO)
+    calls = counting_thread_calls(server)
+    assert client.command("RETR 1").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {2}
+    assert client.command("RETR 2").split(b"\r\n", 1)[1] == long.replace(b"\n", b"\r\n") + b".\r\n"
+    assert calls[0] == "_open_and_read" and "_open_and_read" in calls[1:]
 
 
 # -- the update ------------------------------------------------------------------------------

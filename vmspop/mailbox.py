@@ -176,6 +176,19 @@ class VMSMailbox:
         deleted = self.deleted
         return (i for i in range(len(self.messages)) if i not in deleted)
 
+    def following(self, index: int, octets: int) -> list[int]:
+        """The live messages right after ``index`` whose sizes add up to at most ``octets``
+        (what a client downloading in order asks for next)."""
+        out: list[int] = []
+        for i in range(index + 1, len(self.messages)):
+            if i in self.deleted:
+                continue
+            octets -= self.size_at(i)
+            if octets < 0:
+                break
+            out.append(i)
+        return out
+
     def totals(self) -> tuple[int, int]:
         """Number and wire octets of the messages not marked deleted (STAT)."""
         return len(self.messages) - len(self.deleted), self._live_octets

@@ -30,7 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
 from vmspop.pipeline import LineQueue
-from vmspop.transfer import FileSource, IterSource, StreamStopped, Streamer
+from vmspop.transfer import READ_AHEAD_BYTES, FileSource, IterSource, StreamStopped, Streamer
 
 if TYPE_CHECKING:
     from vmspop.server import POP3Factory
@@ -82,6 +82,7 @@ class VMSPOP3(pop3.POP3):
         self._user: bytes | None = None
         self._attempts: LoginAttempts | None = None
         self._streamer: Streamer | None = None
+        self._read_ahead: dict[int, bytes] = {}  # message index -> contents read along
         self._stats = dict(retr=0, retr_octets=0, top=0)
         self._why = "connection-lost"  # for the disconnect log line
         self._tls_started = False
@@ -595,9 +596,18 @@ class VMSPOP3(pop3.POP3):
         index = number - 1
         mbox.check(index)
         path, size = mbox.messages.path(index), mbox.size_at(index)
-        source = FileSource(path, self.factory.run_in_thread, self.factory.block_size)
+        contents = self._read_ahead.pop(index, None)
+        if contents is not None:
+            source = FileSource.holding(path, contents)
+            ahead = []
+        else:
+            ahead = mbox.following(index, READ_AHEAD_BYTES)
+            source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
+                                [mbox.messages.path(i) for i in ahead])
 
         def opened(_: Any) -> defer.Deferred:
+            if ahead:
+                self._read_ahead = {i: data for i, data in zip(ahead, source.ahead) if data is not None}
             stuffer = wire.Stuffer()
             transform = stuffer.feed
             read = source.read
@@ -661,6 +671,7 @@ class VMSPOP3(pop3.POP3):
         """Mark a message deleted; it is removed only at QUIT."""
         assert self.mbox is not None
         self.mbox.deleteMessage(number - 1)
+        self._read_ahead.pop(number - 1, None)
         self._send(wire.ok(f"message {number} deleted"))
 
     def do_NOOP(self) -> None:
