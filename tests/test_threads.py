@@ -85,6 +85,11 @@ def test_threads_grow_to_the_size_and_no_further() -> None:
             running[0] -= 1
 
     got = [results(pool.run(call)) for _ in range(5)]
+    for _ in range(1000):  # until both threads are inside a call
+        with lock:
+            if running[0] == 2:
+                break
+        threading.Event().wait(0.005)
     release.set()
     reactor.deliver(5)
     assert most[0] == 2 and all(r == [None] for r in got)
