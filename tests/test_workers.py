@@ -16,6 +16,7 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -409,9 +410,8 @@ def test_stop_signals_every_worker_and_waits(pool: WorkerPool) -> None:
 def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool, monkeypatch: Any) -> None:
     """A worker's events (even split across reads, with a traceback, with a system) read as
     the same log lines in the supervisor's log; anything else is logged as text."""
-    out = io.StringIO()
-    writer = pool_module._ToSupervisor()
-    monkeypatch.setattr(writer, "out", out)
+    out = io.BytesIO()
+    writer = pool_module._ToSupervisor(out)
     originals: list[dict[str, Any]] = []
     log = Logger(namespace="vmspop", observer=lambda e: (originals.append(e), writer(e)))
     log.info("login: user=<{user}> rip={rip}", user="jones", rip="192.0.2.7")
@@ -422,7 +422,8 @@ def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool, monkeypatch: 
     originals.append({"log_format": "POP3Factory starting on 1110", "log_system": "-",
                       "log_level": LogLevel.info, "log_namespace": "log_legacy", "log_time": 2.0})
     writer(originals[-1])
-    data = out.getvalue().encode()
+    writer.flush()
+    data = out.getvalue()
     protocol = pool.workers[0]
     protocol.outReceived(data[:10])
     protocol.outReceived(data[10:] + b"not json\n")
@@ -434,3 +435,49 @@ def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool, monkeypatch: 
     texts = [formatEvent(e) for e in pool.events]  # type: ignore[attr-defined]
     assert "worker 1 (pid=1000): not json" in texts
     assert "worker 1 (pid=1000): Fatal Python error: oops" in texts
+
+
+class Writes:
+    """A pipe stand-in that records each write, and may take only part of one."""
+
+    def __init__(self, most: int | None = None) -> None:
+        self.writes: list[bytes] = []
+        self.most = most
+
+    def write(self, data: memoryview) -> int:
+        taken = bytes(data[: self.most])
+        self.writes.append(taken)
+        return len(taken)
+
+
+def test_worker_log_lines_travel_in_batches() -> None:
+    """Lines wait up to LOG_RELAY_DELAY and leave together; a short write is completed."""
+    out = Writes(most=50)
+    writer = pool_module._ToSupervisor(out, delay=0.2)
+    log = Logger(namespace="vmspop", observer=writer)
+    for n in range(3):
+        log.info("line {n}", n=n)
+    assert out.writes == []  # nothing yet: they wait for the batch
+    for _ in range(100):
+        time.sleep(0.05)
+        if out.writes and b"line 2" in b"".join(out.writes):
+            break
+    data = b"".join(out.writes)
+    assert [json.loads(line)["x"] for line in data.splitlines()] == ["line 0", "line 1", "line 2"]
+    assert all(len(w) <= 50 for w in out.writes)
+
+
+def test_worker_log_buffer_is_bounded(monkeypatch: Any) -> None:
+    """Past LOG_RELAY_BUFFER octets waiting, the logging thread writes them itself."""
+    monkeypatch.setattr(pool_module, "LOG_RELAY_BUFFER", 300)
+    out = Writes()
+    writer = pool_module._ToSupervisor(out, delay=60.0)
+    log = Logger(namespace="vmspop", observer=writer)
+    for n in range(10):
+        log.info("a line of some length, number {n}", n=n)
+    data = b"".join(out.writes)
+    assert len(out.writes) >= 1 and len(data) > 300
+    assert writer._pending_size <= 300
+    writer.flush()
+    assert [json.loads(line)["x"][-1] for line in b"".join(out.writes).splitlines()] == \
+        [str(n) for n in range(10)]
