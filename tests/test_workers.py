@@ -11,6 +11,7 @@ import io
 import json
 import os
 import poplib
+import select
 import signal
 import smtplib
 import socket
@@ -481,3 +482,34 @@ def test_worker_log_buffer_is_bounded(monkeypatch: Any) -> None:
     writer.flush()
     assert [json.loads(line)["x"][-1] for line in b"".join(out.writes).splitlines()] == \
         [str(n) for n in range(10)]
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="EPOLLEXCLUSIVE is Linux's (4.5 and later)")
+def test_a_connection_wakes_one_worker() -> None:
+    """Workers adopting one listening socket: a connection wakes one of them, not all."""
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.protocol import Factory
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    reactors = [EPollReactor(), EPollReactor()]
+    ports = [pool_module._Adopter(r, os.dup(listener.fileno()), socket.AF_INET).adopt(Factory())
+             for r in reactors]
+    woken: list[list] = [[], []]
+    waiting = [threading.Thread(target=lambda i=i: woken[i].extend(reactors[i]._poller.poll(1.0)))
+               for i in range(2)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.2)  # both are in epoll_wait
+    with socket.create_connection(listener.getsockname()):
+        for t in waiting:
+            t.join()
+    assert sorted(len(events) for events in woken) == [0, 1]
+    for port, r in zip(ports, reactors):
+        port.stopReading()  # Twisted removes the registration as usual
+        assert port.fileno() not in {fd for fd, _ in r._poller.poll(0.1)}
+        port.socket.close()
+        r._poller.close()
+    listener.close()
+    assert pool_module._wake_one_worker(object(), 0) is False  # another reactor: all wake
