@@ -50,6 +50,8 @@ import servers as srv  # noqa: E402
 from client import BadReply, Conn  # noqa: E402
 
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+from vmspop.store import MTIME_SETTLE_SECONDS  # noqa: E402
 
 
 def note(text: str) -> None:
@@ -710,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             bulk_sizes=[m.wire for m in corpus.bulk[0].messages],
             big=corpus.wire_bytes(corpus.big, 0),
             list_sizes=[m.wire for m in corpus.listbox.messages])
+        corpus_written = time.time()
         note(f"corpus: {len(expected.bulk)} bulk messages ({sum(expected.bulk_sizes) / 1e6:.1f} MB, "
              f"hard-linked into {len(corpus.bulk)} users), {len(expected.big) / 2**20:.1f} MiB big message, "
              f"{len(expected.list_sizes):,} list messages; built in {time.monotonic() - t:.1f} s in {work}")
@@ -751,6 +754,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not isinstance(e, BadReply):
                     note(traceback.format_exc())
 
+        # vmspop keeps (and saves) no listing of a folder changed in the last
+        # MTIME_SETTLE_SECONDS, and the corpus was being written a moment ago: let it
+        # settle, as a mail folder between deliveries has, or vmspop's "first-ever open"
+        # below would save nothing and its first cold run would list the folder anew.
+        time.sleep(max(0.0, corpus_written + MTIME_SETTLE_SECONDS + 0.5 - time.time()))
         # Dovecot builds its index at a folder's first-ever open, vmspop its saved listing
         # (.vmspop-listing, shared by vmspop and vmspop-workers); do that once, untimed
         # except for the record, so "cold" means the first login after a restart for all.
