@@ -52,7 +52,7 @@ def main() -> int:
         lf = (time.perf_counter() - t) / 50 * 1000
         t = time.perf_counter()
         for _ in range(50):
-            b"\n..".join(crlf.split(b"\n."))
+            b"\r\n..".join(crlf.split(b"\r\n."))
         dot = (time.perf_counter() - t) / 50 * 1000
         print(f"{name:40s} {rate:12.0f} {lf:12.2f} {dot:12.2f}")
     return 0
