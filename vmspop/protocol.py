@@ -124,6 +124,9 @@ class VMSPOP3(pop3.POP3):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Drop the session: without a completed QUIT nothing in the mailbox changes."""
         self.setTimeout(None)
+        # A protocol lives in reference cycles until the garbage collector's next full
+        # pass; what it read ahead (up to READ_AHEAD_BYTES) goes now.
+        self._read_ahead = {}
         self._closing = self._queue.closed = True
         if self._partial_timer is not None:
             self._partial_timer.cancel()

@@ -27,8 +27,9 @@ BLOCK_SIZE = 256 * 1024
 #: A session reads the next small messages of a download along with the one asked
 #: for, up to this many (wire) octets: a client that fetches 1, 2, 3, ... then finds
 #: most of them ready, and each saves a hand-over to the pool (about 45 us of CPU,
-#: a sixth of a 50 KB RETR).  It is also what one session can hold in memory for it.
-READ_AHEAD_BYTES = 128 * 1024
+#: a sixth of a 50 KB RETR).  It is also what one session can hold in memory for it:
+#: 128 KiB saved hardly more CPU than 64 (within the noise) and held more memory.
+READ_AHEAD_BYTES = 64 * 1024
 
 
 class StreamStopped(Exception):
