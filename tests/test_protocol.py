@@ -261,52 +261,70 @@ def counting_thread_calls(server: Server) -> list[str]:
 
 
 def test_retr_reads_the_next_messages_ahead(server: Server) -> None:
-    """A download in order costs one blocking call per READ_AHEAD_BYTES, not one a message."""
-    messages = [b"Subject: %d\n\nbody %d\n" % (i, i) for i in range(1, 6)]
+    """A download in order reads 1, 2, 4, 8, ... messages ahead: 16 messages, 5 blocking calls."""
+    messages = [b"Subject: %d\n\nbody %d\n" % (i, i) for i in range(1, 17)]
     client = logged_in(server, *messages)
     calls = counting_thread_calls(server)
     for number, message in enumerate(messages, 1):
         assert client.command(f"RETR {number}").split(b"\r\n", 1)[1] == \
             message.replace(b"\n", b"\r\n") + b".\r\n"
-    assert calls == ["_open_and_read"]
-    assert client.command("TOP 5 0").startswith(b"+OK")  # a repeat is read again
-    assert calls == ["_open_and_read"] * 2
+    assert calls == ["_open_and_read"] * 5  # RETR 1, 2 (+3), 4 (+5, 6), 7 (+8-11), 12 (+13-16)
+    assert client.command("TOP 16 0").startswith(b"+OK")  # a repeat is read again
+    assert len(calls) == 6 and client.protocol._read_ahead == {}
+
+
+def test_read_ahead_only_in_order(server: Server) -> None:
+    """A client that jumps about gets nothing read ahead; "in order" skips deleted messages."""
+    client = logged_in(server, *[HELLO] * 8)
+    for number in (5, 1, 3):
+        assert client.command(f"RETR {number}").startswith(b"+OK")
+        assert client.protocol._read_ahead == {}
+    assert client.command("DELE 4").startswith(b"+OK")
+    assert client.command("RETR 5").startswith(b"+OK")  # the next live one after 3
+    assert set(client.protocol._read_ahead) == {5}  # message 6
+    assert client.command("RETR 8").startswith(b"+OK")  # a jump drops what was read ahead
+    assert client.protocol._read_ahead == {}
 
 
 def test_read_ahead_skips_deleted_and_stops_at_its_budget(server: Server) -> None:
-    """Deleted messages are not read ahead, a message over the budget ends the read-ahead,
-    and DELE lets go of a message read ahead."""
+    """Deleted messages are not read ahead, READ_AHEAD_BYTES bounds what is, and DELE lets
+    go of a message read ahead."""
     big = b"x" * 70 + b"\n"
     body = big * (READ_AHEAD_BYTES * 2 // 5 // (len(big) + 1))  # two fit in the budget, three do not
-    client = logged_in(server, HELLO, HELLO, body, body, body, HELLO)
+    client = logged_in(server, *[HELLO] * 7, body, body, body, body, HELLO)
     calls = counting_thread_calls(server)
-    assert client.command("DELE 2").startswith(b"+OK")
-    assert client.command("RETR 1").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {2, 3}  # message 2 (index 1) skipped
+    assert client.command("DELE 6").startswith(b"+OK")
+    for number in (1, 2, 3):
+        assert client.command(f"RETR {number}").startswith(b"+OK")
+    assert client.command("RETR 4").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {4, 6}  # message 6 (index 5) skipped
+    for number in (5, 7, 8):  # 5 and 7 were read ahead; 8 is the next step in order
+        assert client.command(f"RETR {number}").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {8, 9}  # 4 asked for, 2 fit
     assert sum(map(len, client.protocol._read_ahead.values())) <= READ_AHEAD_BYTES
-    assert client.command("DELE 4").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {2}
-    assert client.command("RETR 3").startswith(b"+OK %d octets" % (len(body) + body.count(b"\n")))
-    assert calls == ["_open_and_read"]
-    assert client.command("RETR 5").startswith(b"+OK") and client.command("RETR 6").startswith(b"+OK")
-    assert calls == ["_open_and_read"] * 2
+    assert client.command("DELE 10").startswith(b"+OK")
+    assert set(client.protocol._read_ahead) == {8}
+    assert client.command("RETR 9").startswith(b"+OK %d octets" % (len(body) + body.count(b"\n")))
+    assert calls == ["_open_and_read"] * 4
 
 
 def test_read_ahead_leaves_an_unreadable_message_to_its_own_retr(server: Server) -> None:
     """A message that cannot be read ahead is not an error until it is asked for."""
-    client = logged_in(server, HELLO, HELLO, SECOND)
-    os.unlink(client.protocol.mbox.messages[1].path)
+    client = logged_in(server, HELLO, HELLO, HELLO, SECOND)
+    os.unlink(client.protocol.mbox.messages[2].path)
     assert client.command("RETR 1").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {2}
-    assert client.command("RETR 2") == b"-ERR [SYS/TEMP] message 2 is no longer available\r\n"
-    assert client.command("RETR 3").split(b"\r\n", 1)[1] == SECOND + b".\r\n"
+    assert client.command("RETR 2").startswith(b"+OK")  # in order: reads message 3 ahead
+    assert client.protocol._read_ahead == {}
+    assert client.command("RETR 3") == b"-ERR [SYS/TEMP] message 3 is no longer available\r\n"
+    assert client.command("RETR 4").split(b"\r\n", 1)[1] == SECOND + b".\r\n"
 
 
 def test_no_read_ahead_after_a_message_larger_than_a_block(server: Server) -> None:
     """A message streamed in several blocks reads nothing ahead (its file stays open)."""
     server.factory.block_size = 16
-    client = logged_in(server, b"y" * 40 + b"\n", HELLO)
-    assert client.command("RETR 1").startswith(b"+OK 42 octets")
+    client = logged_in(server, b"y", b"y" * 40 + b"\n", b"y")
+    assert client.command("RETR 1").startswith(b"+OK")
+    assert client.command("RETR 2").startswith(b"+OK 42 octets")  # in order, streamed
     assert client.protocol._read_ahead == {}
 
 
@@ -314,12 +332,13 @@ def test_read_ahead_takes_only_files_that_fit_a_block(server: Server) -> None:
     """A file read ahead must fit in one block; a larger one is streamed when asked for."""
     server.factory.block_size = 32
     long = b"z" * 50 + b"\n"
-    client = logged_in(server, HELLO, long, HELLO)
+    client = logged_in(server, HELLO, HELLO, long, HELLO)
     calls = counting_thread_calls(server)
     assert client.command("RETR 1").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {2}
-    assert client.command("RETR 2").split(b"\r\n", 1)[1] == long.replace(b"\n", b"\r\n") + b".\r\n"
-    assert calls[0] == "_open_and_read" and "_open_and_read" in calls[1:]
+    assert client.command("RETR 2").startswith(b"+OK")  # in order: message 3 is too long
+    assert client.protocol._read_ahead == {}
+    assert client.command("RETR 3").split(b"\r\n", 1)[1] == long.replace(b"\n", b"\r\n") + b".\r\n"
+    assert calls[:2] == ["_open_and_read"] * 2 and "_open_and_read" in calls[2:]
 
 
 # -- the update ------------------------------------------------------------------------------

@@ -176,11 +176,20 @@ class VMSMailbox:
         deleted = self.deleted
         return (i for i in range(len(self.messages)) if i not in deleted)
 
-    def following(self, index: int, octets: int) -> list[int]:
-        """The live messages right after ``index`` whose sizes add up to at most ``octets``
-        (what a client downloading in order asks for next)."""
+    def next_live(self, index: int) -> int | None:
+        """The first message after ``index`` not marked deleted, if there is one."""
+        for i in range(index + 1, len(self.messages)):
+            if i not in self.deleted:
+                return i
+        return None
+
+    def following(self, index: int, octets: int, count: int) -> list[int]:
+        """Up to ``count`` live messages right after ``index`` whose sizes add up to at
+        most ``octets`` (what a client downloading in order asks for next)."""
         out: list[int] = []
         for i in range(index + 1, len(self.messages)):
+            if len(out) == count:
+                break
             if i in self.deleted:
                 continue
             octets -= self.size_at(i)

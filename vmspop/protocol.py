@@ -30,7 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
 from vmspop.pipeline import LineQueue
-from vmspop.transfer import READ_AHEAD_BYTES, FileSource, IterSource, StreamStopped, Streamer
+from vmspop.transfer import MAX_READ_AHEAD, READ_AHEAD_BYTES, FileSource, IterSource, StreamStopped, Streamer
 
 if TYPE_CHECKING:
     from vmspop.server import POP3Factory
@@ -83,6 +83,8 @@ class VMSPOP3(pop3.POP3):
         self._attempts: LoginAttempts | None = None
         self._streamer: Streamer | None = None
         self._read_ahead: dict[int, bytes] = {}  # message index -> contents read along
+        self._last_sent: int | None = None  # index of the last RETR or TOP
+        self._ahead_count = 0  # messages to read ahead at the next step in order
         self._stats = dict(retr=0, retr_octets=0, top=0)
         self._why = "connection-lost"  # for the disconnect log line
         self._tls_started = False
@@ -600,11 +602,18 @@ class VMSPOP3(pop3.POP3):
         mbox.check(index)
         path, size = mbox.messages.path(index), mbox.size_at(index)
         contents = self._read_ahead.pop(index, None)
+        # Read ahead only for a client that goes through the messages in order, and
+        # as a disk does: one message at the first step in order, twice as many at
+        # each next one, so a client that stops after a few wastes little.
+        in_order = self._last_sent is not None and index == mbox.next_live(self._last_sent)
+        self._last_sent = index
         if contents is not None:
             source = FileSource.holding(path, contents)
             ahead = []
         else:
-            ahead = mbox.following(index, READ_AHEAD_BYTES)
+            self._read_ahead = {}  # what was read ahead and passed over goes
+            self._ahead_count = min(max(1, 2 * self._ahead_count), MAX_READ_AHEAD) if in_order else 0
+            ahead = mbox.following(index, READ_AHEAD_BYTES, self._ahead_count)
             source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
                                 [mbox.messages.path(i) for i in ahead])
 

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from vmspop.threads import ThreadRunner
 
-__all__ = ["FileSource", "IterSource", "StreamStopped", "Streamer", "BLOCK_SIZE", "READ_AHEAD_BYTES"]
+__all__ = ["FileSource", "IterSource", "StreamStopped", "Streamer", "BLOCK_SIZE", "MAX_READ_AHEAD", "READ_AHEAD_BYTES"]
 
 #: Large reads amortise the thread hop and the per-block Python work (measured in
 #: docs/performance.md); 256 KiB keeps memory per transfer small.
@@ -30,6 +30,9 @@ BLOCK_SIZE = 256 * 1024
 #: a sixth of a 50 KB RETR).  It is also what one session can hold in memory for it:
 #: 128 KiB saved hardly more CPU than 64 (within the noise) and held more memory.
 READ_AHEAD_BYTES = 64 * 1024
+#: Messages read ahead at most in one step (the count doubles from 1 while the client
+#: keeps to the order; the octets above bound it first for all but small mail).
+MAX_READ_AHEAD = 32
 
 
 class StreamStopped(Exception):
