@@ -270,7 +270,7 @@ def test_retr_reads_the_next_messages_ahead(server: Server) -> None:
             message.replace(b"\n", b"\r\n") + b".\r\n"
     assert calls == ["_open_and_read"] * 5  # RETR 1, 2 (+3), 4 (+5, 6), 7 (+8-11), 12 (+13-16)
     assert client.command("TOP 16 0").startswith(b"+OK")  # a repeat is read again
-    assert len(calls) == 6 and client.protocol._read_ahead == {}
+    assert len(calls) == 6 and client.protocol._read_ahead.held == {}
 
 
 def test_read_ahead_only_in_order(server: Server) -> None:
@@ -278,12 +278,12 @@ def test_read_ahead_only_in_order(server: Server) -> None:
     client = logged_in(server, *[HELLO] * 8)
     for number in (5, 1, 3):
         assert client.command(f"RETR {number}").startswith(b"+OK")
-        assert client.protocol._read_ahead == {}
+        assert client.protocol._read_ahead.held == {}
     assert client.command("DELE 4").startswith(b"+OK")
     assert client.command("RETR 5").startswith(b"+OK")  # the next live one after 3
-    assert set(client.protocol._read_ahead) == {5}  # message 6
+    assert set(client.protocol._read_ahead.held) == {5}  # message 6
     assert client.command("RETR 8").startswith(b"+OK")  # a jump drops what was read ahead
-    assert client.protocol._read_ahead == {}
+    assert client.protocol._read_ahead.held == {}
 
 
 def test_read_ahead_skips_deleted_and_stops_at_its_budget(server: Server) -> None:
@@ -297,13 +297,13 @@ def test_read_ahead_skips_deleted_and_stops_at_its_budget(server: Server) -> Non
     for number in (1, 2, 3):
         assert client.command(f"RETR {number}").startswith(b"+OK")
     assert client.command("RETR 4").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {4, 6}  # message 6 (index 5) skipped
+    assert set(client.protocol._read_ahead.held) == {4, 6}  # message 6 (index 5) skipped
     for number in (5, 7, 8):  # 5 and 7 were read ahead; 8 is the next step in order
         assert client.command(f"RETR {number}").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {8, 9}  # 4 asked for, 2 fit
-    assert sum(map(len, client.protocol._read_ahead.values())) <= READ_AHEAD_BYTES
+    assert set(client.protocol._read_ahead.held) == {8, 9}  # 4 asked for, 2 fit
+    assert sum(map(len, client.protocol._read_ahead.held.values())) <= READ_AHEAD_BYTES
     assert client.command("DELE 10").startswith(b"+OK")
-    assert set(client.protocol._read_ahead) == {8}
+    assert set(client.protocol._read_ahead.held) == {8}
     assert client.command("RETR 9").startswith(b"+OK %d octets" % (len(body) + body.count(b"\n")))
     assert calls == ["_open_and_read"] * 4
 
@@ -314,7 +314,7 @@ def test_read_ahead_leaves_an_unreadable_message_to_its_own_retr(server: Server)
     os.unlink(client.protocol.mbox.messages[2].path)
     assert client.command("RETR 1").startswith(b"+OK")
     assert client.command("RETR 2").startswith(b"+OK")  # in order: reads message 3 ahead
-    assert client.protocol._read_ahead == {}
+    assert client.protocol._read_ahead.held == {}
     assert client.command("RETR 3") == b"-ERR [SYS/TEMP] message 3 is no longer available\r\n"
     assert client.command("RETR 4").split(b"\r\n", 1)[1] == SECOND + b".\r\n"
 
@@ -325,7 +325,7 @@ def test_no_read_ahead_after_a_message_larger_than_a_block(server: Server) -> No
     client = logged_in(server, b"y", b"y" * 40 + b"\n", b"y")
     assert client.command("RETR 1").startswith(b"+OK")
     assert client.command("RETR 2").startswith(b"+OK 42 octets")  # in order, streamed
-    assert client.protocol._read_ahead == {}
+    assert client.protocol._read_ahead.held == {}
 
 
 def test_read_ahead_takes_only_files_that_fit_a_block(server: Server) -> None:
@@ -336,7 +336,7 @@ def test_read_ahead_takes_only_files_that_fit_a_block(server: Server) -> None:
     calls = counting_thread_calls(server)
     assert client.command("RETR 1").startswith(b"+OK")
     assert client.command("RETR 2").startswith(b"+OK")  # in order: message 3 is too long
-    assert client.protocol._read_ahead == {}
+    assert client.protocol._read_ahead.held == {}
     assert client.command("RETR 3").split(b"\r\n", 1)[1] == long.replace(b"\n", b"\r\n") + b".\r\n"
     assert calls[:2] == ["_open_and_read"] * 2 and "_open_and_read" in calls[2:]
 

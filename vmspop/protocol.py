@@ -30,7 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
 from vmspop.pipeline import LineQueue
-from vmspop.transfer import MAX_READ_AHEAD, READ_AHEAD_BYTES, FileSource, IterSource, StreamStopped, Streamer
+from vmspop.transfer import FileSource, IterSource, ReadAhead, StreamStopped, Streamer
 
 if TYPE_CHECKING:
     from vmspop.server import POP3Factory
@@ -82,9 +82,7 @@ class VMSPOP3(pop3.POP3):
         self._user: bytes | None = None
         self._attempts: LoginAttempts | None = None
         self._streamer: Streamer | None = None
-        self._read_ahead: dict[int, bytes] = {}  # message index -> contents read along
-        self._last_sent: int | None = None  # index of the last RETR or TOP
-        self._ahead_count = 0  # messages to read ahead at the next step in order
+        self._read_ahead = ReadAhead()
         self._stats = dict(retr=0, retr_octets=0, top=0)
         self._why = "connection-lost"  # for the disconnect log line
         self._tls_started = False
@@ -127,8 +125,8 @@ class VMSPOP3(pop3.POP3):
         """Drop the session: without a completed QUIT nothing in the mailbox changes."""
         self.setTimeout(None)
         # A protocol lives in reference cycles until the garbage collector's next full
-        # pass; what it read ahead (up to READ_AHEAD_BYTES) goes now.
-        self._read_ahead = {}
+        # pass; what it read ahead goes now.
+        self._read_ahead.drop()
         self._closing = self._queue.closed = True
         if self._partial_timer is not None:
             self._partial_timer.cancel()
@@ -601,25 +599,16 @@ class VMSPOP3(pop3.POP3):
         index = number - 1
         mbox.check(index)
         path, size = mbox.messages.path(index), mbox.size_at(index)
-        contents = self._read_ahead.pop(index, None)
-        # Read ahead only for a client that goes through the messages in order, and
-        # as a disk does: one message at the first step in order, twice as many at
-        # each next one, so a client that stops after a few wastes little.
-        in_order = self._last_sent is not None and index == mbox.next_live(self._last_sent)
-        self._last_sent = index
+        contents, ahead = self._read_ahead.take(mbox, index)
         if contents is not None:
             source = FileSource.holding(path, contents)
-            ahead = []
         else:
-            self._read_ahead = {}  # what was read ahead and passed over goes
-            self._ahead_count = min(max(1, 2 * self._ahead_count), MAX_READ_AHEAD) if in_order else 0
-            ahead = mbox.following(index, READ_AHEAD_BYTES, self._ahead_count)
             source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
                                 [mbox.messages.path(i) for i in ahead])
 
         def opened(_: Any) -> defer.Deferred:
             if ahead:
-                self._read_ahead = {i: data for i, data in zip(ahead, source.ahead) if data is not None}
+                self._read_ahead.keep(ahead, source.ahead)
             stuffer = wire.Stuffer()
             transform = stuffer.feed
             read = source.read
@@ -683,7 +672,7 @@ class VMSPOP3(pop3.POP3):
         """Mark a message deleted; it is removed only at QUIT."""
         assert self.mbox is not None
         self.mbox.deleteMessage(number - 1)
-        self._read_ahead.pop(number - 1, None)
+        self._read_ahead.drop(number - 1)
         self._send(wire.ok(f"message {number} deleted"))
 
     def do_NOOP(self) -> None:

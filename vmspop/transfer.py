@@ -10,7 +10,7 @@ other sessions, and closes the file on every exit path.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -19,7 +19,11 @@ from zope.interface import implementer
 
 from vmspop.threads import ThreadRunner
 
-__all__ = ["FileSource", "IterSource", "StreamStopped", "Streamer", "BLOCK_SIZE", "MAX_READ_AHEAD", "READ_AHEAD_BYTES"]
+if TYPE_CHECKING:
+    from vmspop.mailbox import VMSMailbox
+
+__all__ = ["FileSource", "IterSource", "ReadAhead", "StreamStopped", "Streamer", "BLOCK_SIZE",
+           "MAX_READ_AHEAD", "READ_AHEAD_BYTES"]
 
 #: Large reads amortise the thread hop and the per-block Python work (measured in
 #: docs/performance.md); 256 KiB keeps memory per transfer small.
@@ -138,6 +142,51 @@ class FileSource:
         if self._file is not None:
             f, self._file = self._file, None
             f.close()
+
+
+class ReadAhead:
+    """One session's read-ahead: the messages read along with another, and how many to
+    read at the next step.
+
+    A client that asks for the next live message after the one it had last is going
+    in order.  Then, as a disk reads ahead, the message is read with the 1 after it,
+    at the next step in order with 2, then 4, ... (at most :data:`MAX_READ_AHEAD`, and
+    :data:`READ_AHEAD_BYTES` in all), so that a client that stops after a few
+    messages wastes little.  Anything else resets the count.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, bytes] = {}
+        self._last: int | None = None
+        self._count = 0
+
+    @property
+    def held(self) -> dict[int, bytes]:
+        """Message index -> contents, read ahead and not asked for yet."""
+        return self._held
+
+    def take(self, mbox: VMSMailbox, index: int) -> tuple[bytes | None, list[int]]:
+        """A request for message ``index``: its contents if they were read ahead (else
+        None), and the messages to read along with it."""
+        in_order = self._last is not None and index == mbox.next_live(self._last)
+        self._last = index
+        contents = self._held.pop(index, None)
+        if contents is not None:
+            return contents, []
+        self._held = {}  # what was read ahead and passed over goes
+        self._count = min(max(1, 2 * self._count), MAX_READ_AHEAD) if in_order else 0
+        return None, mbox.following(index, READ_AHEAD_BYTES, self._count)
+
+    def keep(self, indices: Sequence[int], contents: Sequence[bytes | None]) -> None:
+        """What was read along (None for a message that could not be)."""
+        self._held = {i: data for i, data in zip(indices, contents) if data is not None}
+
+    def drop(self, index: int | None = None) -> None:
+        """Let go of message ``index`` (DELE), or of everything (the session ended)."""
+        if index is None:
+            self._held = {}
+        else:
+            self._held.pop(index, None)
 
 
 def _no_thread(f: Callable[..., object], *args: object) -> defer.Deferred:
