@@ -618,47 +618,30 @@ def test_deliver_without_passwd_file_is_unknown_user(env: Env) -> None:
     assert env.files("jones") == []
 
 
-def test_deliver_disk_full_exits_75_delivering_nothing(env: Env,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """ENOSPC while writing the second copy: 75 and no file left for either user."""
+@pytest.mark.parametrize("call, error, cause", [
+    ("write", errno.ENOSPC, "No space left on device"),  # the disk fills while writing
+    ("fsync", errno.EIO, "Input/output error"),  # a failing disk
+])
+def test_deliver_disk_error_exits_75_delivering_nothing(env: Env, monkeypatch: pytest.MonkeyPatch,
+                                                        call: str, error: int, cause: str) -> None:
+    """An error on the second copy (ENOSPC from write, EIO from fsync): 75, the cause
+    named, and no file left for either user."""
     env.add("jones")
     env.add("smith")
-    real_write = os.write
-    writes = []
-
-    def full(fd: int, data: bytes) -> int:
-        writes.append(fd)
-        if len(writes) > 1:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", full)
-    status = env.run("deliver", "jones", "smith", stdin=MESSAGE)
-    monkeypatch.setattr(os, "write", real_write)
-    assert status == 75
-    assert "No space left on device" in env.one_error_line()
-    for user in ("jones", "smith"):
-        assert env.files(user) == [] and env.files(user, sub="tmp") == []
-
-
-def test_deliver_io_error_exits_75_delivering_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """EIO from fsync of the second copy (a failing disk): 75, the cause named, no file left."""
-    env.add("jones")
-    env.add("smith")
-    real_fsync = os.fsync
+    real = getattr(os, call)
     calls = []
 
-    def failing(fd: int) -> None:
+    def failing(fd: int, *args: bytes) -> object:
         calls.append(fd)
         if len(calls) == 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
+            raise OSError(error, os.strerror(error))
+        return real(fd, *args)
 
-    monkeypatch.setattr(os, "fsync", failing)
+    monkeypatch.setattr(os, call, failing)
     status = env.run("deliver", "jones", "smith", stdin=MESSAGE)
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(os, call, real)
     assert status == 75
-    assert "Input/output error" in env.one_error_line()
+    assert cause in env.one_error_line()
     for user in ("jones", "smith"):
         assert env.files(user) == [] and env.files(user, sub="tmp") == []
 
