@@ -6,13 +6,18 @@ import datetime
 import hashlib
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from twisted.cred.credentials import IUsernameHashedPassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from support import Client, Server
-from vmspop.auth import AccountChecker, APOPCredentials, IAPOPCredentials, MailRealm, refusal_reply
+from support import CapturedLog, Client, Server, open_files
+from vmspop.auth import (AccountChecker, APOPCredentials, IAPOPCredentials, IBlockingChecker,
+                         IBlockingRealm, LoginAttempts, MailRealm, SessionPortal, refusal_reply)
 from vmspop.hashing import hash_password
 
 
@@ -286,8 +291,64 @@ def test_broken_password_file_is_a_server_fault(server: Server) -> None:
 def test_checker_and_realm_provide_cred_interfaces(server: Server) -> None:
     """The checker and realm are real twisted.cred providers."""
     from twisted.cred.checkers import ICredentialsChecker
-    from twisted.cred.portal import IRealm
     checker = next(iter(server.factory.portal.checkers.values()))
     assert isinstance(checker, AccountChecker) and verifyObject(ICredentialsChecker, checker)
     assert isinstance(server.factory.portal.realm, MailRealm)
     assert verifyObject(IRealm, server.factory.portal.realm)
+    assert verifyObject(IBlockingChecker, checker)
+    assert verifyObject(IBlockingRealm, server.factory.portal.realm)
+
+
+def test_a_login_is_one_blocking_call(server: Server) -> None:
+    """The check and the opening of the mailbox share one pool call (a hand-over costs
+    more than either); a refused login opens nothing, and a lock conflict is [IN-USE]."""
+    calls: list[str] = []
+    run = server.run_in_thread
+
+    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(f.__name__)
+        return run(f, *args, **kwargs)
+
+    server.run_in_thread = counted
+    client = server.connect()
+    assert client.login(password="wrong").startswith(b"-ERR")
+    assert not open_files(server.store.root)  # the lock was not taken
+    assert client.login().startswith(b"+OK")
+    assert calls == ["check_and_open"] * 2
+    assert server.connect().login().startswith(b"-ERR [IN-USE]")
+    assert calls == ["check_and_open"] * 3
+
+
+def test_portal_takes_two_steps_for_other_checkers(tmp_path: Path) -> None:
+    """With a checker that has no blocking form, the portal is plain Portal.login (one
+    call each), and its failures are counted, delayed and logged all the same."""
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.internet import defer, task
+    from twisted.mail.pop3 import IMailbox
+
+    from vmspop.events import EventLog
+
+    calls: list[str] = []
+
+    def run(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(f.__name__)
+        return defer.maybeDeferred(f, *args, **kwargs)
+
+    @implementer(IRealm)
+    class Realm:
+        def requestAvatar(self, avatarId, mind, *interfaces):  # type: ignore[no-untyped-def]
+            return IMailbox, SimpleNamespace(user=avatarId.decode()), lambda: None
+
+    log = CapturedLog()
+    portal = SessionPortal(Realm(), [InMemoryUsernamePasswordDatabaseDontUse(jones=b"pw")],
+                           clock=task.Clock(), failure_delay=0, events=EventLog("info", False, log.logger),
+                           run_in_thread=run)
+    mind = LoginAttempts(2, "192.0.2.7", "s1")
+    refused = portal.login(UsernamePassword(b"jones", b"nope"), mind, IMailbox)
+    assert refused.result.check(UnauthorizedLogin) and mind.failures == 1
+    refused.addErrback(lambda _: None)
+    assert log.matching("auth failed: user=<jones> method=USER rip=192.0.2.7")
+    assert portal.login(UsernamePassword(b"jones", b"pw"), mind, IMailbox).result[1].user == "jones"
+    assert log.matching("login: user=<jones> method=USER rip=192.0.2.7")
+    assert calls == []

@@ -202,7 +202,7 @@ def make_pop3_factory(config: ServerConfig, reactor: Any, events: EventLog | Non
                       id_server=(f"{config.hostname} vmspop {__version__}"
                                  if config.send_id_headers else None))
     portal = SessionPortal(realm, [checker], clock=reactor, failure_delay=config.auth_failure_delay,
-                           events=events)
+                           events=events, run_in_thread=run)
     return POP3Factory(config, portal, reactor, run, events, tls, tally=tally, worker=worker)
 
 
