@@ -343,8 +343,8 @@ class SessionPortal(Portal):
         run_in_thread: given, and with a checker and a realm that offer their blocking
             forms (:class:`IBlockingChecker`, :class:`IBlockingRealm`), a login is
             one pool call, not two: a hand-over costs far more than its bookkeeping
-            (two thread wake-ups and the GIL passed back and forth; about 120 us of
-            CPU of a 900 us login session, measured in docs/performance.md).
+            (two thread wake-ups and the GIL passed back and forth: 100-200 us of
+            CPU of a 700-1,100 us login session, measured in docs/performance.md).
     """
 
     def __init__(self, realm: IRealm, checkers: list[ICredentialsChecker], *, clock: IReactorTime,

@@ -37,8 +37,9 @@ class BlockingCalls:
     less: a call passes through one queue and is answered with one
     ``callFromThread``, where Twisted's ThreadPool passes it between a coordinator and
     a worker, through two queues and several locks.  That cost about 80 us of CPU a
-    call here, this about 45; a login makes two calls and a RETR one
-    (docs/performance.md).
+    call here, this about 45, in a loop of calls; under load each call also wakes a
+    thread, then the reactor, and passes the GIL back and forth, which costs more.
+    So a login makes one call, and a RETR one or none (docs/performance.md).
 
     Threads start when calls need them, up to ``size``, and then stay.  :meth:`stop`
     (run during the reactor's shutdown by :func:`thread_runner`) lets the calls already

@@ -30,9 +30,10 @@ __all__ = ["FileSource", "IterSource", "ReadAhead", "StreamStopped", "Streamer",
 BLOCK_SIZE = 256 * 1024
 #: A session reads the next small messages of a download along with the one asked
 #: for, up to this many (wire) octets: a client that fetches 1, 2, 3, ... then finds
-#: most of them ready, and each saves a hand-over to the pool (about 45 us of CPU,
-#: a sixth of a 50 KB RETR).  It is also what one session can hold in memory for it:
-#: 128 KiB saved hardly more CPU than 64 (within the noise) and held more memory.
+#: most of them ready, and each saves a hand-over to the pool (45 us of bookkeeping, and
+#: more under load, of the 250 a 50 KB RETR costs).  It is also what one session can hold
+#: in memory for it: 128 or 256 KiB saved hardly more CPU than 64 (within the noise) and
+#: held more memory.
 READ_AHEAD_BYTES = 64 * 1024
 #: Messages read ahead at most in one step (the count doubles from 1 while the client
 #: keeps to the order; the octets above bound it first for all but small mail).
