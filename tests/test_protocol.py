@@ -589,6 +589,20 @@ def test_file_reads_go_through_the_thread_runner(server: Server) -> None:
     assert calls == ["_open_and_read"] + ["_read_block"] * (len(HELLO) // 8)
 
 
+@pytest.mark.parametrize("block_size", [8, 256 * 1024])
+def test_short_reads_do_not_cut_a_message(server: Server, block_size: int,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that returns fewer octets than asked before the end (FUSE may)
+    still gets the whole message sent, read ahead or not."""
+    server.factory.block_size = block_size
+    client = logged_in(server, HELLO, SECOND)
+    real_read = os.read
+    monkeypatch.setattr("vmspop.transfer.os.read", lambda fd, n: real_read(fd, min(n, 5)))
+    assert client.command("RETR 1").split(b"\r\n", 1)[1] == HELLO.replace(b"\n", b"\r\n") + b".\r\n"
+    assert client.command("RETR 2").split(b"\r\n", 1)[1] == SECOND + b".\r\n"
+    assert open_files(server.store.root / "jones" / "NEWMAIL") == []
+
+
 # -- limits ----------------------------------------------------------------------------------
 
 

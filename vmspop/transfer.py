@@ -9,8 +9,9 @@ other sessions, and closes the file on every exit path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -66,7 +67,7 @@ class FileSource:
         self._run = run_in_thread
         self._block_size = block_size
         self._ahead_paths = ahead
-        self._file: IO[bytes] | None = None
+        self._fd: int | None = None
         self._first: bytes | None = None
         #: After :meth:`open`: the contents of each ``ahead`` file, or None for one not
         #: read (unreadable, larger than a block, or this file was not read whole).
@@ -84,27 +85,30 @@ class FileSource:
         if self._first is not None:  # holding()
             return defer.succeed(None)
 
-        def opened(result: tuple[IO[bytes] | None, bytes, list[bytes | None]]) -> None:
-            self._file, self._first, self.ahead = result
+        def opened(result: tuple[int | None, bytes, list[bytes | None]]) -> None:
+            self._fd, self._first, self.ahead = result
 
         return self._run(self._open_and_read).addCallback(opened)
 
-    def _open_and_read(self) -> tuple[IO[bytes] | None, bytes, list[bytes | None]]:
-        f = open(self.path, "rb")
+    def _open_and_read(self) -> tuple[int | None, bytes, list[bytes | None]]:
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            at_end, block = self._read_block(f)
+            at_end, block = self._read_block(fd)
         except BaseException:
-            f.close()
+            os.close(fd)
             raise
         if not at_end:
-            return f, block, []
+            return fd, block, []
         return None, block, [self._read_small(path) for path in self._ahead_paths]
 
     def _read_small(self, path: str) -> bytes | None:
         # Any trouble is left for the request of that message to meet and report.
         try:
-            with open(path, "rb") as f:
-                data = f.read(self._block_size + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = _read_upto(fd, self._block_size + 1)
+            finally:
+                os.close(fd)
         except OSError:
             return None
         return data if len(data) <= self._block_size else None
@@ -112,37 +116,54 @@ class FileSource:
     @property
     def whole(self) -> bytes | None:
         """After :meth:`open`: the entire file when its first block was all of it, else None."""
-        return self._first if self._file is None else None
+        return self._first if self._fd is None else None
 
     def read(self) -> defer.Deferred:
         """The next block, or b"" at the end."""
         if self._first is not None:
             block, self._first = self._first, None
             return defer.succeed(block)
-        if self._file is None:
+        if self._fd is None:
             return defer.succeed(b"")
 
         def got(result: tuple[bool, bytes]) -> bytes:
             at_end, block = result
             if at_end:
-                self._file = None  # closed by the thread: no extra hand-over for the final b""
+                self._fd = None  # closed by the thread: no extra hand-over for the final b""
             return block
 
-        return self._run(self._read_block, self._file).addCallback(got)
+        return self._run(self._read_block, self._fd).addCallback(got)
 
-    def _read_block(self, f: IO[bytes]) -> tuple[bool, bytes]:
-        block = f.read(self._block_size)
-        if len(block) < self._block_size:  # a buffered read returns short only at the end
-            f.close()
+    def _read_block(self, fd: int) -> tuple[bool, bytes]:
+        block = _read_upto(fd, self._block_size)
+        if len(block) < self._block_size:
+            os.close(fd)
             return True, block
         return False, block
 
     def close(self) -> None:
         """Close the file (quick: no flush on a read-only file)."""
         self._first = None
-        if self._file is not None:
-            f, self._file = self._file, None
-            f.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _read_upto(fd: int, size: int) -> bytes:
+    """``size`` octets from ``fd``, or fewer at the end of the file.
+
+    Plain descriptor reads, not a file object: Python's ``open()`` adds an ``fstat``, an
+    ``ioctl`` and an ``lseek`` to every file, and in a pool thread each system call
+    hands the GIL to the reactor and waits to get it back (docs/performance.md).  A
+    short read is followed by another, as a buffered read does, to be sure of the end.
+    """
+    data = os.read(fd, size)
+    while 0 < len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 class ReadAhead:
