@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from vmspop.filesystems import current_stat
+
 __all__ = [
     "USERNAME_MAX_LENGTH",
     "Account",
@@ -524,7 +526,7 @@ class PasswordFile:
     def _current(self) -> dict[str, Account]:
         with self._mutex:
             try:
-                st = _fresh_stat(self.path)
+                st = current_stat(self.path)
             except FileNotFoundError:
                 self._store_locked(None, {}, error=None)
                 return self._accounts
@@ -614,13 +616,3 @@ def _replace(path: str, content: str, old_stat: os.stat_result | None) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _fresh_stat(path: str | os.PathLike[str]) -> os.stat_result:
-    # Opened, not stat()ed: on NFS opening revalidates the file's attributes with the
-    # server (close-to-open), so a change made on another node is seen at once.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.fstat(fd)
-    finally:
-        os.close(fd)

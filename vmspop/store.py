@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vmspop import relist
+from vmspop.filesystems import current_stat
 from vmspop.listing import Listing, build_listing
 from vmspop.names import NAME, StoredMessage, arrival_of, make_uid, parse_name, size_field
 from vmspop.wire import WireSize
@@ -100,20 +101,6 @@ class DeliveryError(Exception):
     def __init__(self, message: str, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
-
-
-def _directory_stat(path: Path) -> os.stat_result:
-    """A directory's attributes as the file server has them now (an error for a symbolic link).
-
-    Opened, not stat()ed: on NFS, opening revalidates the attributes with the server
-    (close-to-open consistency), where stat() may answer from a cache up to a minute
-    old, and a listing kept from before another node's QUIT would be served.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
 
 
 def _no_follow(path: str, flags: int) -> int:
@@ -335,7 +322,7 @@ class MailStore:
         size = 0
         for sub in ("new", "cur"):
             try:
-                st = _directory_stat(maildir / sub)
+                st = current_stat(maildir / sub, directory=True)
             except OSError as e:
                 if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                     raise
