@@ -139,6 +139,19 @@ class Client:
         self.protocol.connectionLost(Failure(ConnectionLost()))
 
 
+def counting_thread_calls(server: Server) -> list[str]:
+    """Count the server's blocking calls by name (they still run at once)."""
+    calls: list[str] = []
+    run = server.run_in_thread
+
+    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(f.__name__)
+        return run(f, *args, **kwargs)
+
+    server.run_in_thread = counted
+    return calls
+
+
 def multiline_body(reply: bytes) -> list[bytes]:
     """The lines of a multi-line reply after its status line, un-stuffed, terminator checked."""
     assert reply.endswith(b"\r\n.\r\n") or reply.endswith(b"+OK\r\n.\r\n") or reply.count(b"\r\n") >= 2

@@ -15,7 +15,7 @@ from twisted.cred.portal import IRealm
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from support import CapturedLog, Client, Server, open_files
+from support import CapturedLog, Client, Server, counting_thread_calls, open_files
 from vmspop.auth import (AccountChecker, APOPCredentials, IAPOPCredentials, IBlockingChecker,
                          IBlockingRealm, LoginAttempts, MailRealm, SessionPortal, refusal_reply)
 from vmspop.hashing import hash_password
@@ -302,14 +302,7 @@ def test_checker_and_realm_provide_cred_interfaces(server: Server) -> None:
 def test_a_login_is_one_blocking_call(server: Server) -> None:
     """The check and the opening of the mailbox share one pool call (a hand-over costs
     more than either); a refused login opens nothing, and a lock conflict is [IN-USE]."""
-    calls: list[str] = []
-    run = server.run_in_thread
-
-    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(f.__name__)
-        return run(f, *args, **kwargs)
-
-    server.run_in_thread = counted
+    calls = counting_thread_calls(server)
     client = server.connect()
     assert client.login(password="wrong").startswith(b"-ERR")
     assert not open_files(server.store.root)  # the lock was not taken

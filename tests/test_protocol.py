@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
-from support import Client, Server, multiline_body, open_files
+from support import Client, Server, counting_thread_calls, multiline_body, open_files
 
 from vmspop.transfer import READ_AHEAD_BYTES
 
@@ -245,19 +245,6 @@ def test_vanished_file_answers_error(server: Server) -> None:
     os.unlink(client.protocol.mbox.messages[0].path)
     assert client.command("RETR 1") == b"-ERR [SYS/TEMP] message 1 is no longer available\r\n"
     assert client.command("RETR 2").startswith(b"+OK")
-
-
-def counting_thread_calls(server: Server) -> list[str]:
-    """Count the server's blocking calls by name (they still run at once)."""
-    calls: list[str] = []
-    run = server.run_in_thread
-
-    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(f.__name__)
-        return run(f, *args, **kwargs)
-
-    server.run_in_thread = counted
-    return calls
 
 
 def test_retr_reads_the_next_messages_ahead(server: Server) -> None:
@@ -572,14 +559,7 @@ def test_files_are_closed_after_retr_top_and_drop(server: Server) -> None:
 def test_file_reads_go_through_the_thread_runner(server: Server) -> None:
     """Stock defect: message files are opened and read off the reactor thread."""
     client = logged_in(server, HELLO)
-    calls: list[str] = []
-    original = server.run_in_thread
-
-    def recording(f, *a, **kw):  # type: ignore[no-untyped-def]
-        calls.append(getattr(f, "__name__", repr(f)))
-        return original(f, *a, **kw)
-
-    server.run_in_thread = recording
+    calls = counting_thread_calls(server)
     client.command("RETR 1")
     # Open, read and close of a message shorter than a block: one hand-over, not three.
     assert calls == ["_open_and_read"]
