@@ -14,6 +14,7 @@ from twisted.internet import defer
 
 from support import Client, Server, counting_thread_calls, multiline_body, open_files
 
+from vmspop import cached, protocol
 from vmspop.transfer import READ_AHEAD_BYTES
 
 HELLO = b"Subject: hello\n\nfirst line\n"
@@ -25,6 +26,12 @@ def server(tmp_path: Path) -> Server:
     s = Server(tmp_path)
     s.add_user("jones", secret=b"tanstaafl")
     return s
+
+
+@pytest.fixture
+def uncached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if no message were in the page cache: every read goes to the pool."""
+    monkeypatch.setattr("vmspop.protocol.read_if_cached", lambda path, limit: None)
 
 
 def logged_in(server: Server, *messages: bytes) -> Client:
@@ -247,6 +254,7 @@ def test_vanished_file_answers_error(server: Server) -> None:
     assert client.command("RETR 2").startswith(b"+OK")
 
 
+@pytest.mark.usefixtures("uncached")
 def test_retr_reads_the_next_messages_ahead(server: Server) -> None:
     """A download in order reads 1, 2, 4, 8, ... messages ahead: 16 messages, 5 blocking calls."""
     messages = [b"Subject: %d\n\nbody %d\n" % (i, i) for i in range(1, 17)]
@@ -260,6 +268,7 @@ def test_retr_reads_the_next_messages_ahead(server: Server) -> None:
     assert len(calls) == 6 and client.protocol._read_ahead.held == {}
 
 
+@pytest.mark.usefixtures("uncached")
 def test_read_ahead_only_in_order(server: Server) -> None:
     """A client that jumps about gets nothing read ahead; "in order" skips deleted messages."""
     client = logged_in(server, *[HELLO] * 8)
@@ -273,6 +282,7 @@ def test_read_ahead_only_in_order(server: Server) -> None:
     assert client.protocol._read_ahead.held == {}
 
 
+@pytest.mark.usefixtures("uncached")
 def test_read_ahead_skips_deleted_and_stops_at_its_budget(server: Server) -> None:
     """Deleted messages are not read ahead, READ_AHEAD_BYTES bounds what is, and DELE lets
     go of a message read ahead."""
@@ -295,6 +305,7 @@ def test_read_ahead_skips_deleted_and_stops_at_its_budget(server: Server) -> Non
     assert calls == ["_open_and_read"] * 4
 
 
+@pytest.mark.usefixtures("uncached")
 def test_read_ahead_leaves_an_unreadable_message_to_its_own_retr(server: Server) -> None:
     """A message that cannot be read ahead is not an error until it is asked for."""
     client = logged_in(server, HELLO, HELLO, HELLO, SECOND)
@@ -315,6 +326,7 @@ def test_no_read_ahead_after_a_message_larger_than_a_block(server: Server) -> No
     assert client.protocol._read_ahead.held == {}
 
 
+@pytest.mark.usefixtures("uncached")
 def test_read_ahead_takes_only_files_that_fit_a_block(server: Server) -> None:
     """A file read ahead must fit in one block; a larger one is streamed when asked for."""
     server.factory.block_size = 32
@@ -556,8 +568,10 @@ def test_files_are_closed_after_retr_top_and_drop(server: Server) -> None:
     assert open_files(server.store.root) == []
 
 
+@pytest.mark.usefixtures("uncached")
 def test_file_reads_go_through_the_thread_runner(server: Server) -> None:
-    """Stock defect: message files are opened and read off the reactor thread."""
+    """Stock defect: message files are opened and read off the reactor thread (unless
+    the kernel has them in memory: see the next tests)."""
     client = logged_in(server, HELLO)
     calls = counting_thread_calls(server)
     client.command("RETR 1")
@@ -581,6 +595,41 @@ def test_short_reads_do_not_cut_a_message(server: Server, block_size: int,
     assert client.command("RETR 1").split(b"\r\n", 1)[1] == HELLO.replace(b"\n", b"\r\n") + b".\r\n"
     assert client.command("RETR 2").split(b"\r\n", 1)[1] == SECOND + b".\r\n"
     assert open_files(server.store.root / "jones" / "NEWMAIL") == []
+
+
+
+def test_a_message_in_memory_is_read_without_the_pool(server: Server,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a local file system a message the kernel holds is read on the reactor thread,
+    which cannot wait for a disk (vmspop.cached); one it does not hold goes to the pool."""
+    client = logged_in(server, HELLO, SECOND)
+    client.protocol.mbox.messages.local = True
+    calls = counting_thread_calls(server)
+    asked: list[int] = []
+    real = protocol.read_if_cached
+
+    def recording(path: str, limit: int) -> bytes | None:
+        asked.append(limit)
+        return real(path, limit) if len(asked) == 1 else None  # the second is "not in memory"
+
+    monkeypatch.setattr("vmspop.protocol.read_if_cached", recording)
+    if not cached.available():
+        pytest.skip("openat2 with RESOLVE_CACHED is not available on this kernel or architecture")
+    assert client.command("RETR 1").split(b"\r\n", 1)[1] == HELLO.replace(b"\n", b"\r\n") + b".\r\n"
+    assert calls == [] and asked == [server.factory.block_size]
+    assert client.command("TOP 2 0").startswith(b"+OK")
+    assert calls == ["_open_and_read"]
+    client.protocol.mbox.messages.local = False  # NFS: opening would ask the server
+    assert client.command("RETR 2").startswith(b"+OK")
+    assert len(asked) == 2 and calls == ["_open_and_read"] * 2
+
+
+def test_scan_marks_local_folders(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a folder whose new/ and cur/ are on local file systems is marked local."""
+    server.deliver("jones", HELLO)
+    for local in (True, False):
+        monkeypatch.setattr("vmspop.store.is_local", lambda device: local)
+        assert server.store.scan("jones", "NEWMAIL").local is local
 
 
 # -- limits ----------------------------------------------------------------------------------

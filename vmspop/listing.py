@@ -76,6 +76,9 @@ class Listing(Sequence[StoredMessage]):
         self._uid_days: array | None = None  # set by build_listing, or filled as asked for
         self._uid_rest = array("Q")
         self._upper = user.upper() + "_"
+        #: True when the files are on a local file system (set by MailStore.scan), where
+        #: a message in memory may be read on the reactor thread (vmspop.cached).
+        self.local = False
 
     @classmethod
     def empty(cls, user: str, folder: bytes) -> Listing:
@@ -92,6 +95,7 @@ class Listing(Sequence[StoredMessage]):
         head = Listing(self.user, self._folder[:-1], self._blob, self._starts[:limit], self.wire[:limit])
         if self._uid_days is not None:
             head._uid_days, head._uid_rest = self._uid_days[:limit], self._uid_rest[:limit]
+        head.local = self.local
         return head
 
     def name(self, index: int) -> bytes:

@@ -28,6 +28,7 @@ from zope.interface import implementer_only
 
 from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
+from vmspop.cached import read_if_cached
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
 from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, ReadAhead, StreamStopped, Streamer
@@ -600,6 +601,11 @@ class VMSPOP3(pop3.POP3):
         mbox.check(index)
         path, size = mbox.messages.path(index), mbox.size_at(index)
         contents, ahead = self._read_ahead.take(mbox, index)
+        if contents is None and mbox.messages.local:
+            # In memory already (most recent mail is): no hand-over to the pool.
+            contents = read_if_cached(path, self.factory.block_size)
+            if contents is not None:
+                ahead = []
         if contents is not None:
             source = FileSource.holding(path, contents)
         else:

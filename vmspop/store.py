@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vmspop import relist
-from vmspop.filesystems import current_stat
+from vmspop.filesystems import current_stat, is_local
 from vmspop.listing import Listing, build_listing
 from vmspop.names import NAME, StoredMessage, arrival_of, make_uid, parse_name, size_field
 from vmspop.wire import WireSize
@@ -276,13 +276,14 @@ class MailStore:
             skipped.append(f"skipped {maildir}: a symbolic link, not served")
             return Listing.empty(user, os.fsencode(maildir))
         started = time.time()
-        stamp, subdirs, size = self._stamp(maildir, skipped)
+        stamp, subdirs, size, local = self._stamp(maildir, skipped)
         key = (user, folder)
         with self._listings_guard:
             cached = self._listings.get(key)
             if cached is not None and cached.stamp == stamp:
                 self._listings.move_to_end(key)
                 skipped.extend(cached.problems)
+                cached.listing.local = local
                 return cached.listing.head(limit)
         # Another process (a worker, another node, this one before a restart) may have
         # saved the listing of this very state of the folder.
@@ -298,6 +299,7 @@ class MailStore:
         else:
             found = []
             listing = self._build(user, maildir, subdirs, found)
+        listing.local = local
         skipped.extend(found)
         # A change in the same timestamp tick as the listing could leave the mtime as it
         # was; only a listing of directories that had been still for a while is kept.
@@ -313,13 +315,14 @@ class MailStore:
         return listing.head(limit)
 
     def _stamp(self, maildir: Path,
-               skipped: list[str]) -> tuple[list[list[int] | None], list[str], int]:
+               skipped: list[str]) -> tuple[list[list[int] | None], list[str], int, bool]:
         """The [inode, mtime] of new/ and cur/ (None where missing), the sub-directories
-        that hold messages, and the size of those directories (which grows with the
-        number of names in them)."""
+        that hold messages, the size of those directories (which grows with the
+        number of names in them), and whether they are all on local file systems."""
         stamp: list[list[int] | None] = []  # JSON-ready: saved with the listing
         subdirs: list[str] = []
         size = 0
+        local = True
         for sub in ("new", "cur"):
             try:
                 st = current_stat(maildir / sub, directory=True)
@@ -333,7 +336,8 @@ class MailStore:
             stamp.append([st.st_ino, st.st_mtime_ns])
             subdirs.append(sub)
             size += st.st_size
-        return stamp, subdirs, size
+            local = local and is_local(st.st_dev)
+        return stamp, subdirs, size, local
 
     def _build(self, user: str, maildir: Path, subdirs: list[str], problems: list[str]) -> Listing:
         return build_listing(user, os.fsencode(maildir),
@@ -345,7 +349,7 @@ class MailStore:
         :mod:`vmspop.relist`, whose caller decides whether to keep it)."""
         maildir = self.folder(user, folder)
         problems: list[str] = []
-        stamp, subdirs, _ = self._stamp(maildir, problems)
+        stamp, subdirs, _, _ = self._stamp(maildir, problems)
         listing = self._build(user, maildir, subdirs, problems)
         with open(output, "wb", opener=_new_private) as f:
             listing.save(f, stamp, problems)
