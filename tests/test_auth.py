@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,9 @@ from zope.interface.verify import verifyObject
 from support import CapturedLog, Client, Server, counting_thread_calls, open_files
 from vmspop.auth import (AccountChecker, APOPCredentials, IAPOPCredentials, IBlockingChecker,
                          IBlockingRealm, LoginAttempts, MailRealm, SessionPortal, refusal_reply)
+from vmspop import cached
 from vmspop.hashing import hash_password
+from vmspop.passwd import Account
 
 
 @pytest.fixture
@@ -124,7 +127,6 @@ def test_password_with_spaces(server: Server) -> None:
 
 def test_argon2_password(server: Server) -> None:
     """A real Argon2id hash from the password file verifies (through the thread runner)."""
-    from vmspop.passwd import Account
     server.passwords.update("smith", lambda _: Account("smith", hash_password("s3cret")))
     server.store.create_mailbox("smith")
     assert server.connect().login("smith", "s3cret").startswith(b"+OK")
@@ -310,6 +312,67 @@ def test_a_login_is_one_blocking_call(server: Server) -> None:
     assert calls == ["check_and_open"] * 2
     assert server.connect().login().startswith(b"-ERR [IN-USE]")
     assert calls == ["check_and_open"] * 3
+
+
+
+def settle(server: Server, user: str = "jones") -> None:
+    """Date the password file and the user's folders a minute back, as on a server that
+    has been running: what is in memory can then be trusted."""
+    past = time.time() - 60
+    os.utime(server.passwords.path, (past, past))
+    for sub in ("new", "cur"):
+        os.utime(server.store.folder(user, "NEWMAIL") / sub, (past, past))
+
+
+@pytest.mark.skipif(not cached.available(), reason="openat2 with RESOLVE_CACHED is not available here")
+def test_a_login_from_memory_takes_no_pool_call(server: Server) -> None:
+    """A PLAIN password and a mailbox whose lock, folders and listing are in memory are
+    checked and opened on the reactor thread; refusals and lock conflicts too."""
+    server.deliver("jones", b"Subject: x\n\nbody\n")
+    settle(server)
+    calls = counting_thread_calls(server)
+    first = server.connect()
+    assert first.login().startswith(b"+OK")  # re-reads the password file, makes the lock file
+    assert calls == ["check_and_open"]
+    assert first.command("QUIT").startswith(b"+OK")
+    calls.clear()
+    client = server.connect()
+    assert client.login(password="wrong").startswith(b"-ERR")
+    assert client.protocol._attempts is not None and client.protocol._attempts.failures == 1
+    assert client.login().startswith(b"+OK")
+    assert client.command("STAT").startswith(b"+OK 1 ")
+    assert server.connect().login().startswith(b"-ERR [IN-USE]")
+    assert calls == []
+    assert server.log.matching("auth failed: user=<jones> method=USER")
+
+
+@pytest.mark.parametrize("case", ["hash", "unknown", "apop", "changed-folder", "changed-passwd"])
+def test_work_that_takes_time_goes_to_the_pool(server: Server, case: str) -> None:
+    """A hash to verify, an unknown user (the dummy hash), a secret file, a folder or a
+    password file changed since: one pool call, as before."""
+    server.deliver("jones", b"Subject: x\n\nbody\n")
+    settle(server)
+    first = server.connect()
+    assert first.login().startswith(b"+OK")
+    assert first.command("QUIT").startswith(b"+OK")
+    calls = counting_thread_calls(server)
+    client = server.connect()
+    if case == "hash":
+        server.passwords.update("hashed", lambda _: Account("hashed", hash_password("pw")))
+        server.store.create_mailbox("hashed")
+        settle(server, "hashed")
+        assert client.login("hashed", "pw").startswith(b"+OK")
+    elif case == "unknown":
+        assert client.login("nobody", "pw").startswith(b"-ERR")
+    elif case == "apop":
+        assert apop(client, "jones", b"tanstaafl").startswith(b"+OK")
+    elif case == "changed-folder":
+        server.deliver("jones", b"Subject: y\n\nbody\n")
+        assert client.login().startswith(b"+OK")
+    else:
+        server.add_user("smith")
+        assert client.login().startswith(b"+OK")
+    assert calls[-1:] == ["check_and_open"]
 
 
 def test_portal_takes_two_steps_for_other_checkers(tmp_path: Path) -> None:

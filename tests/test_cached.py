@@ -81,3 +81,50 @@ def test_an_unsupported_openat2_is_given_up(tmp_path: Path, monkeypatch: pytest.
     assert read_if_cached(str(tmp_path / "m"), 10) is None
     assert len(calls) == (1 if disabled else 2)
     assert cached.available() is not disabled
+
+
+def test_without_waiting_is_for_this_thread_and_this_block() -> None:
+    """The flag is set within the block only, and cleared on the way out of an error."""
+    assert cached.waiting_allowed()
+    with pytest.raises(cached.NotCached):
+        with cached.without_waiting():
+            assert not cached.waiting_allowed()
+            raise cached.NotCached("x")
+    assert cached.waiting_allowed()
+
+
+@needs_openat2
+def test_stat_and_open_from_memory(tmp_path: Path) -> None:
+    """Paths in memory are answered; errors are those of open with O_NOFOLLOW."""
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert cached.stat_cached(tmp_path / "f").st_ino == os.stat(tmp_path / "f").st_ino
+    assert cached.stat_cached(tmp_path, directory=True).st_ino == os.stat(tmp_path).st_ino
+    for name, code in (("link", errno.ELOOP), ("f", errno.ENOTDIR)):
+        with pytest.raises(OSError) as raised:
+            cached.stat_cached(tmp_path / name, directory=True)
+        assert raised.value.errno == code
+    # A name the dentry cache does not know to be missing would need a lookup.
+    with pytest.raises((FileNotFoundError, cached.NotCached)):
+        cached.stat_cached(tmp_path / "missing")
+    fd = cached.open_cached(tmp_path / "f", os.O_RDWR)
+    try:
+        assert os.read(fd, 1) == b"x"
+    finally:
+        os.close(fd)
+
+
+def test_current_stat_without_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within without_waiting, current_stat answers from memory on a local file system
+    and gives up (NotCached) on a shared one, or where openat2 is missing."""
+    from vmspop import filesystems
+    with cached.without_waiting():
+        if cached.available():
+            monkeypatch.setattr(filesystems, "is_local", lambda device: True)
+            assert filesystems.current_stat(tmp_path, directory=True).st_ino == os.stat(tmp_path).st_ino
+        monkeypatch.setattr(filesystems, "is_local", lambda device: False)
+        with pytest.raises(cached.NotCached):
+            filesystems.current_stat(tmp_path, directory=True)
+        monkeypatch.setattr(cached, "_syscall", False)
+        with pytest.raises(cached.NotCached):
+            filesystems.current_stat(tmp_path, directory=True)

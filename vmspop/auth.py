@@ -27,8 +27,9 @@ from twisted.mail.pop3 import IMailbox
 from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
+from vmspop import cached
 from vmspop.events import EventLog
-from vmspop.hashing import UnsupportedHash, dummy_hash, verify_password
+from vmspop.hashing import UnsupportedHash, dummy_hash, is_instant, verify_password
 from vmspop.limits import AddressPenalties
 from vmspop.mailbox import open_mailbox
 from vmspop.sasl import ISharedSecretCredentials
@@ -180,8 +181,15 @@ class AccountChecker:
         return self._run(self.check, credentials)
 
     def check(self, credentials: Any) -> bytes:
-        """:meth:`requestAvatarId`'s work, blocking."""
+        """:meth:`requestAvatarId`'s work, blocking.
+
+        Within :func:`vmspop.cached.without_waiting` it raises NotCached for work that
+        takes time: a secret file to read, PAM, a password hash to verify.
+        """
         shared_secret = ISharedSecretCredentials.providedBy(credentials)
+        instant_only = not cached.waiting_allowed()
+        if instant_only and (shared_secret or self.pam_service is not None):
+            raise cached.NotCached("a secret file or PAM")
         try:
             name = normalize_username(credentials.username)
         except InvalidUsername:
@@ -204,11 +212,15 @@ class AccountChecker:
                 # PAM vouched for the user (it may come from LDAP or another NSS source).
                 account = account or Account(name or "", "")
             elif account is None:
+                if instant_only:
+                    raise cached.NotCached("the dummy hash")
                 # Spend the time a real verification costs, so timing does not
                 # tell an unknown user from a wrong password.
                 verify_password(dummy_hash(), password)
                 raise LoginRefused("unknown-user")
             else:
+                if instant_only and not is_instant(account.password_hash):
+                    raise cached.NotCached("a password hash")
                 self._check_file(account, password)
         if account.disuser:
             raise LoginRefused("disabled")
@@ -367,7 +379,15 @@ class SessionPortal(Portal):
         def check_and_open() -> tuple[Any, Any, Callable[[], None]]:
             return realm.open(checker.check(credentials), mind, *interfaces)
 
-        return self._run(check_and_open)
+        # First on this thread, from memory only: a PLAIN password and a mailbox whose
+        # lock, folders and listing the kernel and the store hold need no pool call.
+        try:
+            with cached.without_waiting():
+                return defer.succeed(check_and_open())
+        except cached.NotCached:
+            return self._run(check_and_open)
+        except Exception:
+            return defer.fail()
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         """Log in; with a :class:`LoginAttempts` mind, failures are counted, delayed and logged."""

@@ -1,13 +1,20 @@
-"""Reading a message on the reactor thread when, and only when, no disk is involved.
+"""File work on the reactor thread when, and only when, no disk is involved.
 
-A hand-over to the pool costs more than reading a message the kernel already holds
-(docs/performance.md).  Linux can refuse instead of wait: ``openat2()`` with
-``RESOLVE_CACHED`` fails with EAGAIN unless every step of the path is in the
-dentry cache (Linux 5.12), and ``preadv2()`` with ``RWF_NOWAIT`` fails, or reads
-short, unless the data is in the page cache (4.14).  :func:`read_if_cached` reads a
-file that way, and gives None for anything else, which then goes to the pool as
-before.  Callers use it only for files on a local file system: opening a file on
-NFS asks the server, whatever the path cache holds (vmspop.filesystems).
+A hand-over to the pool costs more than reading a message, or checking a login, whose
+files the kernel already holds (docs/performance.md).  Linux can refuse instead of
+wait: ``openat2()`` with ``RESOLVE_CACHED`` fails with EAGAIN unless every step of
+the path is in the dentry cache (Linux 5.12), and ``preadv2()`` with ``RWF_NOWAIT``
+fails, or reads short, unless the data is in the page cache (4.14).
+
+- :func:`read_if_cached` reads a message that way, and gives None for anything
+  else, which then goes to the pool as before.
+- Within :func:`without_waiting`, the file helpers a login uses
+  (:func:`vmspop.filesystems.current_stat`, the lock, the kept listing, the password
+  file) answer from memory that way or raise :class:`NotCached`, and the caller
+  does the whole work again in a pool thread.
+
+Only for files on a local file system: opening a file on NFS asks the server,
+whatever the path cache holds (vmspop.filesystems).
 """
 
 from __future__ import annotations
@@ -16,9 +23,14 @@ import ctypes
 import errno
 import os
 import platform
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["available", "read_if_cached"]
+__all__ = ["NotCached", "available", "open_cached", "read_if_cached", "stat_cached",
+           "waiting_allowed", "without_waiting"]
 
 # openat2's number, the same on every architecture that numbers new calls alike.
 _SYS_OPENAT2 = 437
@@ -53,17 +65,75 @@ def available() -> bool:
     return _syscall is not False
 
 
-def _open_cached(path: bytes) -> int | None:
+class NotCached(Exception):
+    """The work would have to wait for a disk (or cannot be sure not to): do it in a
+    pool thread."""
+
+
+_state = threading.local()
+
+
+@contextmanager
+def without_waiting() -> Iterator[None]:
+    """Within (this thread only), file helpers that would touch a disk raise NotCached."""
+    _state.on = True
+    try:
+        yield
+    finally:
+        _state.on = False
+
+
+def waiting_allowed() -> bool:
+    """False within :func:`without_waiting`."""
+    return not getattr(_state, "on", False)
+
+
+def _openat2(path: bytes, flags: int) -> int:
+    """A descriptor, or -errno."""
     global _syscall
-    how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
     # syscall() is variadic and reads every argument as a long: pass them as such.
     fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD), ctypes.c_char_p(path),
                   ctypes.byref(how), ctypes.c_long(ctypes.sizeof(how)))
     if fd >= 0:
         return int(fd)
-    if ctypes.get_errno() in _UNSUPPORTED:
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
         _syscall = False
-    return None
+    return -code
+
+
+def open_cached(path: str | bytes | os.PathLike[str], flags: int) -> int:
+    """``os.open(path, flags)`` (no O_CREAT), from the dentry cache only.
+
+    Raises:
+        NotCached: part of the path is not in memory, or openat2 is not available.
+        OSError: as os.open would (FileNotFoundError, ELOOP, ...).
+    """
+    if not available():
+        raise NotCached(path)
+    fd = _openat2(os.fsencode(path), flags)
+    if fd >= 0:
+        return fd
+    if -fd == errno.EAGAIN or _syscall is False:
+        raise NotCached(path)
+    raise OSError(-fd, os.strerror(-fd), os.fspath(path))
+
+
+def stat_cached(path: str | bytes | os.PathLike[str], *, directory: bool = False) -> os.stat_result:
+    """``os.stat(path)`` from memory only: an ``O_PATH`` descriptor opened by
+    :func:`open_cached` (which reads nothing, not even on NFS) and ``fstat``.  With
+    ``directory``, the errors are those of opening a directory with ``O_NOFOLLOW``
+    (ELOOP for a link, ENOTDIR for another file)."""
+    fd = open_cached(path, os.O_PATH | (os.O_NOFOLLOW if directory else 0))
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if directory and not stat.S_ISDIR(st.st_mode):
+        code = errno.ELOOP if stat.S_ISLNK(st.st_mode) else errno.ENOTDIR
+        raise OSError(code, os.strerror(code), os.fspath(path))
+    return st
 
 
 def read_if_cached(path: str | bytes | os.PathLike[str], limit: int) -> bytes | None:
@@ -72,8 +142,8 @@ def read_if_cached(path: str | bytes | os.PathLike[str], limit: int) -> bytes | 
     the error again and reports it)."""
     if not available():
         return None
-    fd = _open_cached(os.fsencode(path))
-    if fd is None:
+    fd = _openat2(os.fsencode(path), os.O_RDONLY)
+    if fd < 0:
         return None
     try:
         size = os.fstat(fd).st_size

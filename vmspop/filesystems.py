@@ -16,6 +16,8 @@ import os
 import stat
 from pathlib import Path
 
+from vmspop import cached
+
 __all__ = ["LOCAL_TYPES", "current_stat", "filesystem_type", "is_local"]
 
 #: File systems on one machine's disks or memory, whose ``stat()`` is always current.
@@ -65,7 +67,14 @@ def current_stat(path: str | os.PathLike[str], *, directory: bool = False) -> os
     Raises:
         OSError: as ``open()`` would: FileNotFoundError, ENOTDIR for a directory that
             is not one, ELOOP for one that is a link, ...
+        cached.NotCached: within :func:`cached.without_waiting`, when the answer is not
+            in memory or the file system is not local.
     """
+    if not cached.waiting_allowed():
+        st = cached.stat_cached(path, directory=directory)
+        if not is_local(st.st_dev):
+            raise cached.NotCached(path)
+        return st
     st = os.stat(path, follow_symlinks=not directory)
     if directory and not stat.S_ISDIR(st.st_mode):
         code = errno.ELOOP if stat.S_ISLNK(st.st_mode) else errno.ENOTDIR

@@ -36,6 +36,7 @@ __all__ = [
     "UnsupportedHash",
     "dummy_hash",
     "hash_password",
+    "is_instant",
     "needs_rehash",
     "sha_crypt",
     "verify_password",
@@ -115,6 +116,15 @@ def hash_password(password: str) -> str:
     if len(secret) > MAX_PASSWORD_BYTES:
         raise ValueError(f"password is longer than {MAX_PASSWORD_BYTES} bytes")
     return "{ARGON2ID}" + _HASHER.hash(secret)
+
+
+def is_instant(stored: str) -> bool:
+    """True for a scheme that takes no work to verify (PLAIN, CLEARTEXT): the others
+    are slow on purpose, and are verified in a pool thread."""
+    try:
+        return _split_scheme(stored)[0] in ("PLAIN", "CLEARTEXT")
+    except UnsupportedHash:
+        return False
 
 
 def verify_password(stored: str, password: str) -> bool:

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
 
+from vmspop import cached
 from vmspop.listing import Listing
 from vmspop.names import StoredMessage
 from vmspop.store import MAIL, NEWMAIL, MailStore, UserLock
@@ -301,6 +302,8 @@ def open_mailbox(store: MailStore, user: str, *, use_mail_folder: bool, leave_in
         if removed:
             problems.append(f"removed {removed} abandoned delivery file(s) older than 36 hours from tmp/")
         if use_mail_folder:
+            if not cached.waiting_allowed():
+                raise cached.NotCached(user)  # new/ to be read and moved, in a thread
             store.move_new_to_mail(user, problems)
         folder = MAIL if use_mail_folder else NEWMAIL
         messages = store.scan(user, folder, limit, problems)

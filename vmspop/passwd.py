@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from vmspop import cached
 from vmspop.filesystems import current_stat
 
 __all__ = [
@@ -531,6 +532,8 @@ class PasswordFile:
                 self._store_locked(None, {}, error=None)
                 return self._accounts
             if not (self._trusted and _cache_key(st) == self._key):
+                if not cached.waiting_allowed():
+                    raise cached.NotCached(self.path)  # to be read, in a thread
                 self._reload_locked()
             if self._error is not None:
                 # A fresh exception each time: re-raising one instance would

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from vmspop import relist
+from vmspop import cached, relist
 from vmspop.filesystems import current_stat, is_local
 from vmspop.listing import Listing, build_listing
 from vmspop.names import NAME, StoredMessage, arrival_of, make_uid, parse_name, size_field
@@ -101,6 +101,16 @@ class DeliveryError(Exception):
     def __init__(self, message: str, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
+
+
+def _is_link(path: Path) -> bool:
+    if cached.waiting_allowed():
+        return path.is_symlink()
+    try:
+        cached.stat_cached(path, directory=True)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def _no_follow(path: str, flags: int) -> int:
@@ -187,7 +197,7 @@ class MailStore:
     def has_mailbox(self, user: str) -> bool:
         """True when ``user`` has a mail directory (not following a symlink)."""
         try:
-            return self.user_dir(user).lstat().st_mode & 0o170000 == 0o040000
+            return current_stat(self.user_dir(user), directory=True) is not None
         except OSError:
             return False
 
@@ -225,11 +235,16 @@ class MailStore:
             if user in self._locks_held:
                 raise MailboxLocked(user)
             self._locks_held.add(user)
+        path = self.user_dir(user) / LOCK_FILE
         try:
-            fd = os.open(self.user_dir(user) / LOCK_FILE,
-                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
+            if cached.waiting_allowed():
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            else:
+                fd = cached.open_cached(path, os.O_RDWR | os.O_NOFOLLOW)  # NotCached if new
+        except (OSError, cached.NotCached) as e:
             self._forget_lock(user)
+            if isinstance(e, FileNotFoundError) and not cached.waiting_allowed():
+                raise cached.NotCached(path) from None  # to be created, in a thread
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -271,7 +286,7 @@ class MailStore:
         """
         maildir = self.folder(user, folder)
         skipped = problems if problems is not None else []
-        if maildir.is_symlink():
+        if _is_link(maildir):
             # A link could lead anywhere outside the mail root; never follow it.
             skipped.append(f"skipped {maildir}: a symbolic link, not served")
             return Listing.empty(user, os.fsencode(maildir))
@@ -279,12 +294,14 @@ class MailStore:
         stamp, subdirs, size, local = self._stamp(maildir, skipped)
         key = (user, folder)
         with self._listings_guard:
-            cached = self._listings.get(key)
-            if cached is not None and cached.stamp == stamp:
+            kept = self._listings.get(key)
+            if kept is not None and kept.stamp == stamp:
                 self._listings.move_to_end(key)
-                skipped.extend(cached.problems)
-                cached.listing.local = local
-                return cached.listing.head(limit)
+                skipped.extend(kept.problems)
+                kept.listing.local = local
+                return kept.listing.head(limit)
+        if not cached.waiting_allowed():
+            raise cached.NotCached(maildir)  # to be loaded or listed, in a thread
         # Another process (a worker, another node, this one before a restart) may have
         # saved the listing of this very state of the folder.
         loaded = self._load_listing(user, maildir, maildir / LISTING_FILE, stamp)
@@ -329,6 +346,8 @@ class MailStore:
             except OSError as e:
                 if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                     raise
+                if not cached.waiting_allowed():
+                    raise cached.NotCached(maildir / sub) from None  # unusual: in a thread
                 if (maildir / sub).is_symlink():
                     skipped.append(f"skipped {maildir / sub}: a symbolic link, not served")
                 stamp.append(None)
@@ -586,6 +605,8 @@ class MailStore:
         last = self._swept.get(user)
         if last is not None and now - last < TMP_SWEEP_INTERVAL:
             return 0
+        if not cached.waiting_allowed():
+            raise cached.NotCached(self.user_dir(user))
         removed = self.remove_stale_tmp_files(user)
         self._swept[user] = now  # only after a sweep that did not fail
         return removed
