@@ -132,14 +132,23 @@ def refusal_reply(reason: str, user: str, security: str) -> tuple[str, str]:
 
 class IBlockingChecker(ICredentialsChecker):
     """A checker whose work is blocking, offered also as a plain call, so that a portal
-    can run it in one pool call together with the realm's (:class:`SessionPortal`)."""
+    can run it in one pool call together with the realm's (:class:`SessionPortal`).
+
+    The portal first calls it on the reactor thread within
+    :func:`vmspop.cached.without_waiting`: there :meth:`check` must raise
+    :class:`vmspop.cached.NotCached` for anything that could wait (a disk, the
+    network, a slow hash), before any side effect, and it is then called again in a
+    pool thread.
+    """
 
     def check(credentials: Any) -> bytes:
         """Blocking: the avatar id, or raise :class:`UnauthorizedLogin`."""
 
 
 class IBlockingRealm(IRealm):
-    """A realm whose work is blocking, offered also as a plain call (see IBlockingChecker)."""
+    """A realm whose work is blocking, offered also as a plain call (see IBlockingChecker,
+    whose rule for :func:`vmspop.cached.without_waiting` :meth:`open` follows too,
+    undoing what it did before raising NotCached)."""
 
     def open(avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
         """Blocking: ``(interface, avatar, logout)``, or raise :class:`UnauthorizedLogin`."""
@@ -354,9 +363,10 @@ class SessionPortal(Portal):
         events: the operator's log.
         run_in_thread: given, and with a checker and a realm that offer their blocking
             forms (:class:`IBlockingChecker`, :class:`IBlockingRealm`), a login is
-            one pool call, not two: a hand-over costs far more than its bookkeeping
-            (two thread wake-ups and the GIL passed back and forth: 100-200 us of
-            CPU of a 700-1,100 us login session, measured in docs/performance.md).
+            tried on this thread from memory only, then done in one pool call, not
+            two: a hand-over costs far more than its bookkeeping (two thread
+            wake-ups and the GIL passed back and forth: 100-200 us of CPU of a
+            700-1,100 us login session, measured in docs/performance.md).
     """
 
     def __init__(self, realm: IRealm, checkers: list[ICredentialsChecker], *, clock: IReactorTime,
