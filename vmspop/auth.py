@@ -382,7 +382,7 @@ class SessionPortal(Portal):
         """:meth:`Portal.login`, in a single pool call when the checker and realm allow it."""
         checker = next((c for i, c in self.checkers.items() if i.providedBy(credentials)), None)
         realm = self.realm
-        if (self._run is None or not IBlockingChecker.providedBy(checker)
+        if (self._run is None or checker is None or not IBlockingChecker.providedBy(checker)
                 or not IBlockingRealm.providedBy(realm)):
             return super().login(credentials, mind, *interfaces)
 

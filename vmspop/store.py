@@ -197,9 +197,10 @@ class MailStore:
     def has_mailbox(self, user: str) -> bool:
         """True when ``user`` has a mail directory (not following a symlink)."""
         try:
-            return current_stat(self.user_dir(user), directory=True) is not None
+            current_stat(self.user_dir(user), directory=True)
         except OSError:
             return False
+        return True
 
     def create_mailbox(self, user: str) -> None:
         """Create the user's directory with its NEWMAIL and MAIL Maildirs (idempotent).
