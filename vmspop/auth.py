@@ -296,7 +296,7 @@ class MailRealm:
                  id_server: str | None = None) -> None:
         self.store = store
         self._run = run_in_thread
-        self._options = dict(use_mail_folder=use_mail_folder, leave_in_newmail=leave_in_newmail,
+        self._options: dict[str, Any] = dict(use_mail_folder=use_mail_folder, leave_in_newmail=leave_in_newmail,
                              limit=message_maximum, id_server=id_server)
 
     def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> defer.Deferred:
