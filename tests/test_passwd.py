@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmspop import cached
 from vmspop.passwd import (
     Account,
     InvalidUsername,
@@ -531,3 +532,32 @@ _value = st.none() | st.text(
 def test_format_parse_round_trip_property(account: Account) -> None:
     """Any representable account survives format_account() then parse_passwd()."""
     assert parse_passwd(format_account(account)) == {account.name: account}
+
+
+@pytest.mark.skipif(not cached.available(), reason="openat2 with RESOLVE_CACHED is not available here")
+def test_a_lookup_without_waiting_does_not_wait_for_a_reload(tmp_path: Path) -> None:
+    """While a thread holds the file's mutex (re-reading it), a lookup on the reactor
+    thread gives up at once (NotCached) instead of waiting for that disk read."""
+    path = tmp_path / "users"
+    path.write_text("jones:{PLAIN}pw\n")
+    os.utime(path, (1e9, 1e9))  # long unchanged: its cached contents are trusted
+    passwords = PasswordFile(path)
+    assert passwords.lookup("jones") is not None
+    with cached.without_waiting():
+        assert passwords.lookup("jones") is not None  # from memory, when nothing holds it
+    held, done = threading.Event(), threading.Event()
+
+    def reloading() -> None:
+        with passwords._mutex:
+            held.set()
+            done.wait(5)  # a lookup that waited would get the mutex only then, and fail below
+
+    thread = threading.Thread(target=reloading)
+    thread.start()
+    held.wait()
+    try:
+        with cached.without_waiting(), pytest.raises(cached.NotCached):
+            passwords.lookup("jones")
+    finally:
+        done.set()
+        thread.join()

@@ -525,7 +525,11 @@ class PasswordFile:
     # Internals.
 
     def _current(self) -> dict[str, Account]:
-        with self._mutex:
+        # Without waiting (a login on the reactor thread), a thread re-reading the file
+        # holds the mutex: wait for it in a thread too, not here.
+        if not self._mutex.acquire(blocking=cached.waiting_allowed()):
+            raise cached.NotCached(self.path)
+        try:
             try:
                 st = current_stat(self.path)
             except FileNotFoundError:
@@ -540,6 +544,8 @@ class PasswordFile:
                 # grow its traceback on every lookup.
                 raise PasswdError(self._error)
             return self._accounts
+        finally:
+            self._mutex.release()
 
     def _reload_locked(self) -> None:
         text, st = _read(self.path)
