@@ -408,3 +408,17 @@ def test_portal_takes_two_steps_for_other_checkers(tmp_path: Path) -> None:
     assert portal.login(UsernamePassword(b"jones", b"pw"), mind, IMailbox).result[1].user == "jones"
     assert log.matching("login: user=<jones> method=USER rip=192.0.2.7")
     assert calls == []
+
+
+def test_without_openat2_a_login_goes_straight_to_the_pool(server: Server,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a kernel without openat2 nothing is tried on the reactor thread first."""
+    monkeypatch.setattr(cached, "_syscall", False)
+    server.deliver("jones", b"Subject: x\n\nbody\n")
+    settle(server)
+    calls = counting_thread_calls(server)
+    tried: list[bool] = []
+    real = cached.without_waiting
+    monkeypatch.setattr(cached, "without_waiting", lambda: tried.append(True) or real())
+    assert server.connect().login().startswith(b"+OK")
+    assert calls == ["check_and_open"] and tried == []

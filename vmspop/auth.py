@@ -379,7 +379,8 @@ class SessionPortal(Portal):
         self._run = run_in_thread
 
     def _authenticate(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
-        """:meth:`Portal.login`, in a single pool call when the checker and realm allow it."""
+        """:meth:`Portal.login`; when the checker and realm allow it, from memory on this
+        thread if it can be done so, else in a single pool call."""
         checker = next((c for i, c in self.checkers.items() if i.providedBy(credentials)), None)
         realm = self.realm
         if (self._run is None or checker is None or not IBlockingChecker.providedBy(checker)
@@ -389,6 +390,8 @@ class SessionPortal(Portal):
         def check_and_open() -> tuple[Any, Any, Callable[[], None]]:
             return realm.open(checker.check(credentials), mind, *interfaces)
 
+        if not cached.available():
+            return self._run(check_and_open)
         # First on this thread, from memory only: a PLAIN password and a mailbox whose
         # lock, folders and listing the kernel and the store hold need no pool call.
         try:

@@ -50,7 +50,8 @@ _syscall: Any = None  # libc's syscall(); False once openat2 proved unusable her
 
 
 def available() -> bool:
-    """True where the kernel and the C library offer what :func:`read_if_cached` needs."""
+    """True where the kernel and the C library offer what this module needs (else every
+    helper here gives None or raises NotCached at once)."""
     global _syscall
     if _syscall is None:
         _syscall = False
