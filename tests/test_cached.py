@@ -94,16 +94,23 @@ def test_without_waiting_is_for_this_thread_and_this_block() -> None:
 
 
 @needs_openat2
-def test_stat_and_open_from_memory(tmp_path: Path) -> None:
-    """Paths in memory are answered; errors are those of open with O_NOFOLLOW."""
+def test_stat_and_open_from_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths in memory are answered as os.stat answers; current_stat's errors for a
+    directory are those of open with O_NOFOLLOW, from memory too."""
+    from vmspop import filesystems
     (tmp_path / "f").write_bytes(b"x")
     (tmp_path / "link").symlink_to(tmp_path)
     assert cached.stat_cached(tmp_path / "f").st_ino == os.stat(tmp_path / "f").st_ino
-    assert cached.stat_cached(tmp_path, directory=True).st_ino == os.stat(tmp_path).st_ino
-    for name, code in (("link", errno.ELOOP), ("f", errno.ENOTDIR)):
-        with pytest.raises(OSError) as raised:
-            cached.stat_cached(tmp_path / name, directory=True)
-        assert raised.value.errno == code
+    assert cached.stat_cached(tmp_path / "link").st_ino == os.stat(tmp_path).st_ino
+    assert cached.stat_cached(tmp_path / "link", follow_symlinks=False).st_ino == \
+        os.lstat(tmp_path / "link").st_ino
+    monkeypatch.setattr(filesystems, "is_local", lambda device: True)
+    with cached.without_waiting():
+        assert filesystems.current_stat(tmp_path, directory=True).st_ino == os.stat(tmp_path).st_ino
+        for name, code in (("link", errno.ELOOP), ("f", errno.ENOTDIR)):
+            with pytest.raises(OSError) as raised:
+                filesystems.current_stat(tmp_path / name, directory=True)
+            assert raised.value.errno == code
     # A name the dentry cache does not know to be missing would need a lookup.
     with pytest.raises((FileNotFoundError, cached.NotCached)):
         cached.stat_cached(tmp_path / "missing")

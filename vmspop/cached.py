@@ -23,7 +23,6 @@ import ctypes
 import errno
 import os
 import platform
-import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,20 +120,14 @@ def open_cached(path: str | bytes | os.PathLike[str], flags: int) -> int:
     raise OSError(-fd, os.strerror(-fd), os.fspath(path))
 
 
-def stat_cached(path: str | bytes | os.PathLike[str], *, directory: bool = False) -> os.stat_result:
-    """``os.stat(path)`` from memory only: an ``O_PATH`` descriptor opened by
-    :func:`open_cached` (which reads nothing, not even on NFS) and ``fstat``.  With
-    ``directory``, the errors are those of opening a directory with ``O_NOFOLLOW``
-    (ELOOP for a link, ENOTDIR for another file)."""
-    fd = open_cached(path, os.O_PATH | (os.O_NOFOLLOW if directory else 0))
+def stat_cached(path: str | bytes | os.PathLike[str], *, follow_symlinks: bool = True) -> os.stat_result:
+    """``os.stat(path, follow_symlinks=...)`` from memory only: an ``O_PATH`` descriptor
+    opened by :func:`open_cached` (which reads nothing, not even on NFS) and ``fstat``."""
+    fd = open_cached(path, os.O_PATH | (0 if follow_symlinks else os.O_NOFOLLOW))
     try:
-        st = os.fstat(fd)
+        return os.fstat(fd)
     finally:
         os.close(fd)
-    if directory and not stat.S_ISDIR(st.st_mode):
-        code = errno.ELOOP if stat.S_ISLNK(st.st_mode) else errno.ENOTDIR
-        raise OSError(code, os.strerror(code), os.fspath(path))
-    return st
 
 
 def read_if_cached(path: str | bytes | os.PathLike[str], limit: int) -> bytes | None:

@@ -70,17 +70,15 @@ def current_stat(path: str | os.PathLike[str], *, directory: bool = False) -> os
         cached.NotCached: within :func:`cached.without_waiting`, when the answer is not
             in memory or the file system is not local.
     """
-    if not cached.waiting_allowed():
-        st = cached.stat_cached(path, directory=directory)
-        if not is_local(st.st_dev):
-            raise cached.NotCached(path)
-        return st
-    st = os.stat(path, follow_symlinks=not directory)
+    waiting = cached.waiting_allowed()
+    st = (os.stat if waiting else cached.stat_cached)(path, follow_symlinks=not directory)
     if directory and not stat.S_ISDIR(st.st_mode):
         code = errno.ELOOP if stat.S_ISLNK(st.st_mode) else errno.ENOTDIR
         raise OSError(code, os.strerror(code), os.fspath(path))
     if is_local(st.st_dev):
         return st
+    if not waiting:
+        raise cached.NotCached(path)  # opening asks the file server
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY | os.O_NOFOLLOW if directory else 0)
     fd = os.open(path, flags)
     try:

@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
 
-from vmspop import cached
 from vmspop.listing import Listing
 from vmspop.names import StoredMessage
 from vmspop.store import MAIL, NEWMAIL, MailStore, UserLock
@@ -172,27 +171,22 @@ class VMSMailbox:
         """The UIDL of message ``index``."""
         return self.messages.uid(index)
 
-    def live_indices(self) -> Iterator[int]:
-        """The index of every message not marked deleted, in order."""
+    def live_indices(self, after: int = -1) -> Iterator[int]:
+        """The index of every message not marked deleted (after index ``after``), in order."""
         deleted = self.deleted
-        return (i for i in range(len(self.messages)) if i not in deleted)
+        return (i for i in range(after + 1, len(self.messages)) if i not in deleted)
 
     def next_live(self, index: int) -> int | None:
         """The first message after ``index`` not marked deleted, if there is one."""
-        for i in range(index + 1, len(self.messages)):
-            if i not in self.deleted:
-                return i
-        return None
+        return next(self.live_indices(index), None)
 
     def following(self, index: int, octets: int, count: int) -> list[int]:
         """Up to ``count`` live messages right after ``index`` whose sizes add up to at
         most ``octets`` (what a client downloading in order asks for next)."""
         out: list[int] = []
-        for i in range(index + 1, len(self.messages)):
+        for i in self.live_indices(index):
             if len(out) == count:
                 break
-            if i in self.deleted:
-                continue
             octets -= self.size_at(i)
             if octets < 0:
                 break
@@ -302,8 +296,6 @@ def open_mailbox(store: MailStore, user: str, *, use_mail_folder: bool, leave_in
         if removed:
             problems.append(f"removed {removed} abandoned delivery file(s) older than 36 hours from tmp/")
         if use_mail_folder:
-            if not cached.waiting_allowed():
-                raise cached.NotCached(user)  # new/ to be read and moved, in a thread
             store.move_new_to_mail(user, problems)
         folder = MAIL if use_mail_folder else NEWMAIL
         messages = store.scan(user, folder, limit, problems)

@@ -24,6 +24,7 @@ import itertools
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -107,10 +108,9 @@ def _is_link(path: Path) -> bool:
     if cached.waiting_allowed():
         return path.is_symlink()
     try:
-        cached.stat_cached(path, directory=True)
-    except OSError as e:
-        return e.errno == errno.ELOOP
-    return False
+        return stat.S_ISLNK(cached.stat_cached(path, follow_symlinks=False).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # as is_symlink() answers
 
 
 def _no_follow(path: str, flags: int) -> int:
@@ -468,6 +468,8 @@ class MailStore:
         A message whose name is already taken in MAIL stays in NEWMAIL and is
         described in ``problems``.
         """
+        if not cached.waiting_allowed():
+            raise cached.NotCached(user)  # directories to read, files to move: in a thread
         moved = 0
         for sub in ("new", "cur"):
             source = self.folder(user, NEWMAIL) / sub
