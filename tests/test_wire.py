@@ -13,12 +13,14 @@ from vmspop.wire import (
     MAX_COMMAND_LINE,
     MAX_REPLY_LINE,
     Command,
+    DOT_SPACING,
     CommandError,
     LineBuffer,
     LineTooLong,
     Stuffer,
     TopFilter,
     WireSize,
+    double_dots,
     err,
     multiline,
     ok,
@@ -426,6 +428,40 @@ def test_stuffer_byte_at_a_time() -> None:
     """One-byte blocks give the same output as one block."""
     data = b".a\r\r\n.\n\r.\r\n..\nx\r"
     assert stuff([data[i : i + 1] for i in range(len(data))]) == stuff([data])
+
+
+def dots_reference(block: bytes) -> bytes:
+    """What double_dots must return: every CRLF "." becomes CRLF "..", in one split."""
+    return b"\r\n..".join(block.split(b"\r\n."))
+
+
+# Lines of a CRLF-normalised block: far apart dots, dense dots, dot lines, bare dots.
+_dot_lines = st.lists(st.sampled_from([
+    b"x" * (DOT_SPACING + 40) + b".\r\n", b"a.b.c.d\r\n", b".\r\n", b"..x\r\n", b"\r\n",
+    b"." * 30 + b"\r\n", b"y" * 3000 + b"\r\n", b"."]), max_size=120).map(b"".join)
+
+
+@settings(max_examples=300)
+@given(_dot_lines)
+def test_double_dots_matches_split(block: bytes) -> None:
+    """Stepping from dot to dot, or falling back to the split, gives the split's result."""
+    assert double_dots(block) == dots_reference(block)
+
+
+@pytest.mark.parametrize("block", [
+    b".\r\n" * 100,  # dense from the start: the split at once
+    (b"z" * 2000 + b"\r\n.a\r\n") * 40,  # sparse: dot to dot all the way
+    (b"z" * 2000 + b"\r\n.\r\n") * 40 + b"\r\n." * 500,  # sparse, then dense
+    b"no dot\r\n.", b"\r\n.", b".", b"a.\r\n",
+])
+def test_double_dots_both_ways(block: bytes) -> None:
+    """The two ways of finding dot lines, and the block's edges."""
+    assert double_dots(block) == dots_reference(block)
+
+
+def test_double_dots_leaves_first_line_alone() -> None:
+    """The block's first line is the Stuffer's to judge (it may continue a line)."""
+    assert double_dots(b".a\r\n.b") == b".a\r\n..b"
 
 
 @settings(max_examples=400)

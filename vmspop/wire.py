@@ -319,6 +319,47 @@ def sasl_challenge(data: bytes) -> bytes:
 _BOL, _AFTER_CR, _MID = 0, 1, 2
 
 
+#: Dots are looked for one by one while they are rarer than one in this many octets,
+#: and past that with one C-level split (see double_dots).
+DOT_SPACING = 512
+# Dots the one-by-one search may visit before DOT_SPACING applies.
+_DOT_ALLOWANCE = 16
+
+
+def double_dots(block: bytes) -> bytes:
+    """Double the "." that starts each line of ``block`` after its first.
+
+    ``block`` must be CRLF-normalised (every LF is in a CRLF, so a line start is a
+    position after an LF); the block's first line is the caller's (Stuffer knows
+    whether it starts a line).  A search for the two octets LF "." cannot use
+    memchr and scans at about 1 ns an octet (50 us for a 53 KB message), while
+    ``find(b".")`` does use it, and base64 holds no dots and most mail text few:
+    stepping from dot to dot is then 5x faster (benchmarks/stuffer.py).  Each dot
+    costs a Python step, though, so once dots come closer than ``DOT_SPACING``
+    octets on average, the block goes to one ``split`` on CRLF "." instead: text
+    full of dots costs about 5 % more than the split alone, and dots a little closer
+    than ``DOT_SPACING`` (the fallback comes late) up to a fifth more.
+    """
+    find = block.find
+    pieces: list[bytes] = []
+    start = 0
+    steps = 0
+    dot = find(b".", 1)
+    while dot >= 0:
+        if block[dot - 1] == _LF:
+            pieces.append(block[start:dot])
+            start = dot
+        steps += 1
+        if steps > _DOT_ALLOWANCE + dot // DOT_SPACING:
+            # Dense: start again with the split (cheaper than copying what is done).
+            return b"\r\n..".join(block.split(b"\r\n."))
+        dot = find(b".", dot + 1)
+    if not pieces:
+        return block
+    pieces.append(block[start:])
+    return b".".join(pieces)
+
+
 class Stuffer:
     """Convert stored message bytes to the POP3 wire form, block by block.
 
@@ -349,13 +390,7 @@ class Stuffer:
         elif block.count(b"\n") != block.count(b"\r\n"):
             block = block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if b"." in block:
-            # split+join finds the dot lines in one pass; replace() takes two
-            # (count, then copy): 1.6x faster on text with dot lines (benchmarks/stuffer.py).
-            # Every LF is now in a CRLF, so the needle can be three octets, which lets
-            # the search skip further: 20 % faster than b"\n." on mail text.
-            parts = block.split(b"\r\n.")
-            if len(parts) > 1:
-                block = b"\r\n..".join(parts)
+            block = double_dots(block)
             if self._state == _BOL and block[0] == _DOT:
                 block = b"." + block
         last = block[-1]
