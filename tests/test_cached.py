@@ -70,8 +70,8 @@ def test_an_unsupported_openat2_is_given_up(tmp_path: Path, monkeypatch: pytest.
     that is not cached, or missing, is only that file's answer."""
     calls: list[bytes] = []
 
-    def syscall(number: object, dirfd: object, path: ctypes.c_char_p, how: object, size: object) -> int:
-        calls.append(path.value or b"")
+    def syscall(number: object, dirfd: object, path: bytes, how: object, size: object) -> int:
+        calls.append(path)
         ctypes.set_errno(code)
         return -1
 

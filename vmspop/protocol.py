@@ -586,33 +586,33 @@ class VMSPOP3(pop3.POP3):
         lines = (b"%d %s" % (i + 1, uid_at(i).encode("ascii")) for i in mbox.live_indices())
         return self._lines_reply(wire.ok("unique-id listing follows"), lines)
 
-    def do_RETR(self, number: int) -> defer.Deferred:
+    def do_RETR(self, number: int) -> defer.Deferred | None:
         """Send a whole message; a completed RETR marks it for the move to MAIL."""
         return self._send_message(number, None)
 
-    def do_TOP(self, number: int, lines: int) -> defer.Deferred:
+    def do_TOP(self, number: int, lines: int) -> defer.Deferred | None:
         """Send the headers and the first ``lines`` body lines; TOP does not mark the message read."""
         return self._send_message(number, lines)
 
-    def _send_message(self, number: int, body_lines: int | None) -> defer.Deferred:
+    def _send_message(self, number: int, body_lines: int | None) -> defer.Deferred | None:
         mbox = self.mbox
         assert mbox is not None
         index = number - 1
         mbox.check(index)
         path, size = mbox.messages.path(index), mbox.size_at(index)
-        contents, ahead = self._read_ahead.take(mbox, index)
+        contents = self._read_ahead.take(mbox, index)
         if contents is None and mbox.messages.local:
             # In memory already (most recent mail is): no hand-over to the pool.
             contents = read_if_cached(path, self.factory.block_size)
-            if contents is not None:
-                ahead = []
+        ahead: list[int] = []
         if contents is not None:
             source = FileSource.holding(path, contents)
         else:
+            ahead = self._read_ahead.along(mbox, index)
             source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
                                 [mbox.messages.path(i) for i in ahead])
 
-        def opened(_: Any) -> defer.Deferred:
+        def opened(_: Any) -> defer.Deferred | None:
             if ahead:
                 self._read_ahead.keep(ahead, source.ahead)
             stuffer = wire.Stuffer()
@@ -652,6 +652,8 @@ class VMSPOP3(pop3.POP3):
                               path=path, user=mbox.user, why=str(failure.value))
             self._send(wire.err(f"message {number} is no longer available", "SYS/TEMP"))
 
+        if contents is not None:
+            return opened(None)  # in memory: no Deferred to go through
         return source.open().addCallbacks(opened, unreadable)
 
     def do_XTND(self, verb: bytes, rest: bytes | None = None) -> None:

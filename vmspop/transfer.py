@@ -187,17 +187,21 @@ class ReadAhead:
         """Message index -> contents, read ahead and not asked for yet."""
         return self._held
 
-    def take(self, mbox: VMSMailbox, index: int) -> tuple[bytes | None, list[int]]:
-        """A request for message ``index``: its contents if they were read ahead (else
-        None), and the messages to read along with it."""
+    def take(self, mbox: VMSMailbox, index: int) -> bytes | None:
+        """A request for message ``index``: its contents if they were read ahead, else
+        None (then :meth:`along` tells what to read with it, if it is read from disk)."""
         in_order = self._last is not None and index == mbox.next_live(self._last)
         self._last = index
         contents = self._held.pop(index, None)
         if contents is not None:
-            return contents, []
+            return contents
         self._held = {}  # what was read ahead and passed over goes
         self._count = min(max(1, 2 * self._count), MAX_READ_AHEAD) if in_order else 0
-        return None, mbox.following(index, READ_AHEAD_BYTES, self._count)
+        return None
+
+    def along(self, mbox: VMSMailbox, index: int) -> list[int]:
+        """After :meth:`take` gave None: the messages to read along with ``index``."""
+        return mbox.following(index, READ_AHEAD_BYTES, self._count) if self._count else []
 
     def keep(self, indices: Sequence[int], contents: Sequence[bytes | None]) -> None:
         """What was read along (None for a message that could not be)."""
