@@ -132,3 +132,20 @@ def test_shared_tally_matches_a_model(ops: list[tuple[str, int, str | None, str 
     finally:
         for tally in (supervisor, *workers):
             tally.close()
+
+
+def test_busier_compares_with_listening_workers(shared: tuple[SharedTally, SharedTally, SharedTally]) -> None:
+    """A worker is busier than another that listens and has fewer sessions (by more than
+    the margin); a worker that does not listen, or has died, is not compared with."""
+    supervisor, first, second = shared
+    for _ in range(3):
+        first.add(None, 10, 10)
+    assert not first.busier()  # the other does not listen (yet)
+    second.set_listening(True)
+    assert first.busier() and first.busier(2) and not first.busier(3)
+    assert not second.busier()
+    second.set_listening(False)  # it drains
+    assert not first.busier()
+    second.set_listening(True)
+    supervisor.forget(1)  # it died
+    assert not first.busier()

@@ -9,7 +9,8 @@ workers count in one table in shared memory (:class:`SharedTally`): a small file
 
 The table keeps one column per worker.  When a worker dies, the kernel has closed
 its connections, and the supervisor zeroes its column (:meth:`SharedTally.forget`),
-so a crashed worker never leaks session slots.  Updates take a POSIX record lock
+so a crashed worker never leaks session slots.  The table also says which workers
+listen, for :mod:`vmspop.balance`, which spreads the connections evenly over them.  Updates take a POSIX record lock
 (``lockf``) on the file: it excludes other processes, is dropped by the kernel if
 its holder dies, and is held for a few microseconds of arithmetic.  Only the
 reactor thread of each process counts, so threads never contend for it.
@@ -130,8 +131,9 @@ def _digest(key: str) -> bytes:
 class SharedTally:
     """Session counts shared by the worker processes of one server.
 
-    The file holds a header, one total per worker, and an open-addressing table of
-    client addresses (a 16-byte digest and one count per worker).  Build it with
+    The file holds a header, one total per worker, one "listening" flag per worker,
+    and an open-addressing table of client addresses (a 16-byte digest and one count
+    per worker).  Build it with
     :meth:`create` in the supervisor; each worker maps the inherited descriptor
     with ``SharedTally(fd, worker=i)``.
 
@@ -152,8 +154,9 @@ class SharedTally:
         self.worker = worker
         self._counts = struct.Struct(f"<{self.workers}I")
         self._totals_at = _HEADER.size
+        self._listening_at = self._totals_at + self._counts.size
         self._slot_size = _KEY_SIZE + self._counts.size
-        self._slots_at = self._totals_at + self._counts.size
+        self._slots_at = self._listening_at + self._counts.size
         self._mask = self.slots - 1
 
     @classmethod
@@ -163,7 +166,7 @@ class SharedTally:
         slots = _MIN_SLOTS
         while slots < _LOAD_FACTOR_INVERSE * max_sessions and slots < MAX_SLOTS:
             slots *= 2
-        size = _HEADER.size + 4 * workers + slots * (_KEY_SIZE + 4 * workers)
+        size = _HEADER.size + 2 * 4 * workers + slots * (_KEY_SIZE + 4 * workers)
         if hasattr(os, "memfd_create"):
             fd = os.memfd_create("vmspop-sessions", os.MFD_CLOEXEC)
         else:  # other Unixes: an unlinked temporary file serves the same purpose
@@ -305,12 +308,33 @@ class SharedTally:
             index, found = self._find(_digest(key))
             return self._sum(index) if found else 0
 
+    def set_listening(self, listening: bool) -> None:
+        """Say whether this worker listens (False once it drains)."""
+        assert self.worker is not None, "only a worker listens"
+        _COUNT.pack_into(self._map, self._listening_at + 4 * self.worker, int(listening))
+
+    def busier(self, margin: int = 0) -> bool:
+        """True if this worker has more than ``margin`` sessions more than another worker
+        that listens.
+
+        Read without the lock: a worker that balances on a count a moment old only
+        balances a little less well.
+        """
+        assert self.worker is not None, "only a worker compares"
+        totals = self._counts.unpack_from(self._map, self._totals_at)
+        listening = self._counts.unpack_from(self._map, self._listening_at)
+        mine = totals[self.worker]
+        return any(listening[w] and totals[w] + margin < mine
+                   for w in range(self.workers) if w != self.worker)
+
     def forget(self, worker: int) -> None:
-        """Zero the counts of a worker that has died (its connections died with it)."""
+        """Zero the counts of a worker that has died (its connections died with it), and
+        mark it as not listening."""
         with self._locked():
             totals = list(self._counts.unpack_from(self._map, self._totals_at))
             totals[worker] = 0
             self._counts.pack_into(self._map, self._totals_at, *totals)
+            _COUNT.pack_into(self._map, self._listening_at + 4 * worker, 0)
             kept: list[tuple[bytes, list[int]]] = []
             changed = False
             for index in range(self.slots):

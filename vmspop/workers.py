@@ -8,8 +8,9 @@ supervisor (the twistd process itself) and N worker processes:
   never accepts on them.  It starts the workers with ``spawnProcess``, passing the
   sockets as inherited descriptors; each worker adopts them
   (``reactor.adoptStreamPort``) and serves connections with its own reactor.  The
-  kernel hands each new connection to one of the workers waiting on the socket, and
-  a worker busy with other clients waits less often, so the load spreads by itself.
+  kernel hands each new connection to one of the workers waiting on the socket; a
+  worker with more sessions than another stops accepting for a while
+  (:mod:`vmspop.balance`), so the load spreads evenly.
 * Shareable: ``tcp:``, ``tcp6:``, ``ssl:`` and ``systemd:`` INET/INET6 sockets, each
   also under ``haproxy:``.  A ``unix:`` socket is not (a worker would remove or
   re-mode the socket file when it stops or starts), nor is an endpoint type vmspop
@@ -69,6 +70,7 @@ from zope.interface import implementer
 
 from vmspop.config import MAX_WORKERS, ServerConfig
 from vmspop.server import build_service
+from vmspop.balance import AcceptBalance, BalancedTally
 from vmspop.tally import SharedTally
 from vmspop.tap import settle_garbage_collector
 
@@ -463,16 +465,20 @@ class _Adopter:
     """Stands in for the reactor under an endpoint, in a worker: where the endpoint would
     bind, adopt the socket inherited from the supervisor instead (with TLS for ssl:)."""
 
-    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+    def __init__(self, reactor: Any, fd: int, family: int,
+                 balance: AcceptBalance | None = None) -> None:
         self.reactor = reactor
         self.fd = fd
         self.family = family
+        self.balance = balance
 
     def adopt(self, factory: Any) -> Any:
         """Listen on the inherited socket with ``factory``."""
         port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
         os.close(self.fd)  # adoptStreamPort works on a duplicate
         _wake_one_worker(self.reactor, port.fileno())
+        if self.balance is not None:
+            self.balance.add(port)
         return port
 
     def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
@@ -537,8 +543,9 @@ class _Checked:
         return self.endpoint.listen(protocolFactory).addErrback(failed)
 
 
-def _inherited_endpoint(reactor: Any, listener: dict[str, Any], failures: list[str]) -> Any:
-    adopter = _Adopter(reactor, listener["fd"], getattr(socket, "AF_" + listener["family"]))
+def _inherited_endpoint(reactor: Any, listener: dict[str, Any], failures: list[str],
+                        balance: AcceptBalance) -> Any:
+    adopter = _Adopter(reactor, listener["fd"], getattr(socket, "AF_" + listener["family"]), balance)
     endpoint: Any = (endpoints.serverFromString(adopter, listener["ssl"]) if listener["ssl"]
                      else _Inherited(adopter))
     if listener["proxy"]:
@@ -666,12 +673,18 @@ def worker_main() -> None:
 
     config = ServerConfig.from_settings(spec["settings"])
     failures: list[str] = []
-    by_description = {listener["description"]: _inherited_endpoint(reactor, listener, failures)
-                      for listener in spec["listeners"]}
     tally = SharedTally(spec["tally"], worker=spec["worker"])
+
+    def resume(port: Any) -> None:
+        port.startReading()
+        _wake_one_worker(reactor, port.fileno())
+
+    balance = AcceptBalance(reactor, tally, resume)
+    by_description = {listener["description"]: _inherited_endpoint(reactor, listener, failures, balance)
+                      for listener in spec["listeners"]}
     label = f"{spec['worker'] + 1} of {spec['workers']} (pid {os.getpid()})"
-    service = build_service(config, reactor, endpoint=by_description.__getitem__, tally=tally,
-                            worker=label)
+    service = build_service(config, reactor, endpoint=by_description.__getitem__,
+                            tally=BalancedTally(tally, balance), worker=label)
     status = 0
     stopping = False
 
@@ -704,6 +717,7 @@ def worker_main() -> None:
             status = 1
             stop()
 
+    reactor.addSystemEventTrigger("before", "shutdown", balance.stop)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(start)
     reactor.run()
