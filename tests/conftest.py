@@ -12,6 +12,8 @@ from hypothesis import settings
 
 from live import Live, run_reactor, start
 
+from vmspop.tally import SharedTally
+
 
 # CI explores the same examples every run, so a landing never hinges on luck; local runs
 # keep exploring new ones (and remember failures in .hypothesis/).
@@ -32,3 +34,13 @@ def live(reactor: Any, tmp_path: Path) -> Iterator[Live]:
     server = start(reactor, tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[SharedTally, SharedTally, SharedTally]]:
+    """The supervisor's view and two workers' views of one session table (as after spawnProcess)."""
+    supervisor = SharedTally.create(workers=2, max_sessions=10)
+    workers = [SharedTally(os.dup(supervisor.fd), worker=i) for i in (0, 1)]
+    yield supervisor, workers[0], workers[1]
+    for tally in (supervisor, *workers):
+        tally.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 
@@ -44,13 +43,9 @@ _ports: list[FakePort] = []
 
 
 @pytest.fixture
-def workers() -> Iterator[tuple[SharedTally, SharedTally, SharedTally]]:
-    """The supervisor's view and two workers' views of one session table."""
-    supervisor = SharedTally.create(workers=2, max_sessions=100)
-    views = [SharedTally(os.dup(supervisor.fd), worker=i) for i in (0, 1)]
-    yield supervisor, views[0], views[1]
-    for tally in (supervisor, *views):
-        tally.close()
+def workers(shared: tuple[SharedTally, SharedTally, SharedTally]) -> Iterator[tuple[SharedTally, ...]]:
+    """Two workers' views of one session table (conftest's ``shared``); closes the ports."""
+    yield shared
     while _ports:
         _ports.pop().socket.close()
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from hypothesis import strategies as st
 from vmspop.tally import REFUSED_ADDRESS, REFUSED_TOTAL, LocalTally, SharedTally
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def shared() -> Iterator[tuple[SharedTally, SharedTally, SharedTally]]:
-    """The supervisor's view and two workers' views of one table (as after spawnProcess)."""
-    supervisor = SharedTally.create(workers=2, max_sessions=10)
-    workers = [SharedTally(os.dup(supervisor.fd), worker=i) for i in (0, 1)]
-    yield supervisor, workers[0], workers[1]
-    for tally in (supervisor, *workers):
-        tally.close()
 
 
 @pytest.mark.parametrize("make", [LocalTally, lambda: SharedTally(SharedTally.create(1, 10).fd, 0)])
