@@ -19,7 +19,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import ILoggingContext, IProtocol, ISSLTransport
+from twisted.internet.interfaces import ILoggingContext, IProtocol, ISSLTransport, IWriteDescriptor
 from twisted.internet.protocol import connectionDone
 from twisted.mail import pop3
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper  # no public name for it
@@ -94,6 +94,8 @@ class VMSPOP3(pop3.POP3):
         self._partial_timer: Any = None
         self._mechanism: sasl.Mechanism | None = None
         self._sasl_success: Any = None
+        self._wrote = False  # a reply was written since the last _send_written()
+        self._write_now = False  # the transport is the reactor's write descriptor
 
     # -- connection ---------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class VMSPOP3(pop3.POP3):
         # Behind a PROXY-protocol listener this is the proxy's address: the client's
         # comes with its first data, and only then is it counted per address.
         self._proxied = _behind_proxy(self.transport)
+        self._write_now = IWriteDescriptor.providedBy(self.transport)
         refused = self.factory.admit(self, None if self._proxied else self.rip)
         if refused is not None:
             self.events.refused(rip=self.rip, reason=refused)
@@ -121,6 +124,7 @@ class VMSPOP3(pop3.POP3):
         self.events.connected(rip=self.rip, session=self.session)
         self.setTimeout(self.config.idle_timeout or None)
         self._send(wire.ok(self.factory.greeting(self.magic.decode("ascii"))))
+        self._send_written()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Drop the session: without a completed QUIT nothing in the mailbox changes."""
@@ -180,6 +184,7 @@ class VMSPOP3(pop3.POP3):
             return
         self._watch_partial_line()
         self._queue.add(lines)
+        self._send_written()
 
     def _learn_proxied_peer(self) -> bool:
         """Behind a PROXY-protocol listener the real client address is known only once the
@@ -275,6 +280,24 @@ class VMSPOP3(pop3.POP3):
         if self.events.trace_enabled:
             self._trace("S:", data.split(b"\r\n", 1)[0])
         self.transport.write(data)
+        self._wrote = True
+
+    def _send_written(self) -> None:
+        """Send the replies just written now, not at the reactor's next turn.
+
+        A transport buffers what it is given until the reactor, at its next turn, finds
+        the socket writable: a turn of the event loop per reply, and a client waiting
+        for it (one client's logins: 8 % faster, 11 % less CPU a session, measured in
+        docs/performance.md).  A TCP or Unix transport is the reactor's write
+        descriptor (``IWriteDescriptor``), so its ``doWrite()`` can run now.  Should
+        that fail, the transport is still registered for writing, and the reactor
+        meets the same error at its next turn and closes the connection as usual.
+        Not while it closes: the reactor then finishes the close after the last write.
+        """
+        if self._wrote:
+            self._wrote = False
+            if self._write_now and not self.transport.disconnecting:
+                self.transport.doWrite()
 
     def _trace(self, direction: str, line: bytes) -> None:
         self.events.trace(session=self.session, direction=direction,
@@ -632,6 +655,7 @@ class VMSPOP3(pop3.POP3):
             if source.whole is not None:
                 # Read whole in its first block (most mail): one write, no producer to run.
                 self.transport.writeSequence([transform(source.whole), stuffer.finish()])
+                self._wrote = True
                 source.close()
                 self.resetTimeout()
                 return sent(None)
