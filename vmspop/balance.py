@@ -6,11 +6,11 @@ land on one worker: four at once went 3 and 1 (or 4 and 0) in 9 tries of 12 with
 two workers, and the busier worker, held to one core by the GIL, slowed all of its
 clients while the other sat idle (docs/performance.md).
 
-So a worker that has more sessions than another (by more than :data:`MARGIN`) stops
-accepting until that is no longer so, and accepts one connection per wake-up, so that the next connection of a
-burst can go to another worker.  It defers only to a worker that listens: each
-says so in the shared session table (:mod:`vmspop.tally`), and one that drains or
-has died does not.
+So a worker that has more sessions than another (by more than :data:`MARGIN`)
+stops accepting until that is no longer so, and accepts one connection per
+wake-up, so that the next connection of a burst can go to another worker.  It
+defers only to a worker that listens: each says so in the shared session table
+(:mod:`vmspop.tally`), and one that drains or has died does not.
 
 A worker learns of its own sessions at once, and of the others' by looking again
 every :data:`RECHECK_INTERVAL` while it does not accept.  Then it also looks at the
@@ -38,8 +38,8 @@ __all__ = ["AcceptBalance", "BalancedTally", "DISTRUST_PERIOD", "MARGIN", "RECHE
 #: listening socket's queue.
 RECHECK_INTERVAL = 0.005
 #: A worker stops accepting when it has more than this many sessions more than another.
-#: One more is what short sessions coming and going make all the time: stopping for it
-#: cost the login benchmark (16 clients) more in toggling than it gained.
+#: One more is what short sessions coming and going make all the time: acting on it
+#: would stop and start reading the sockets at nearly every session.
 MARGIN = 1
 #: A worker that defers to another that does not take the connections waiting (it is
 #: stopped, or busy in one long step) accepts them itself, and defers to nobody for
