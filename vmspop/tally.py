@@ -10,10 +10,11 @@ workers count in one table in shared memory (:class:`SharedTally`): a small file
 The table keeps one column per worker.  When a worker dies, the kernel has closed
 its connections, and the supervisor zeroes its column (:meth:`SharedTally.forget`),
 so a crashed worker never leaks session slots.  The table also says which workers
-listen, for :mod:`vmspop.balance`, which spreads the connections evenly over them.  Updates take a POSIX record lock
-(``lockf``) on the file: it excludes other processes, is dropped by the kernel if
-its holder dies, and is held for a few microseconds of arithmetic.  Only the
-reactor thread of each process counts, so threads never contend for it.
+listen, for :mod:`vmspop.balance`, which spreads the connections evenly over them.
+Updates take a POSIX record lock (``lockf``) on the file: it excludes other
+processes, is dropped by the kernel if its holder dies, and is held for a few
+microseconds of arithmetic.  Only the reactor thread of each process counts, so
+threads never contend for it.
 """
 
 from __future__ import annotations
@@ -133,9 +134,8 @@ class SharedTally:
 
     The file holds a header, one total per worker, one "listening" flag per worker,
     and an open-addressing table of client addresses (a 16-byte digest and one count
-    per worker).  Build it with
-    :meth:`create` in the supervisor; each worker maps the inherited descriptor
-    with ``SharedTally(fd, worker=i)``.
+    per worker).  Build it with :meth:`create` in the supervisor; each worker maps
+    the inherited descriptor with ``SharedTally(fd, worker=i)``.
 
     Args:
         fd: the shared file's descriptor.

@@ -68,9 +68,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vmspop.balance import AcceptBalance, BalancedTally
 from vmspop.config import MAX_WORKERS, ServerConfig
 from vmspop.server import build_service
-from vmspop.balance import AcceptBalance, BalancedTally
 from vmspop.tally import SharedTally
 from vmspop.tap import settle_garbage_collector
 
