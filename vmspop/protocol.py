@@ -287,7 +287,7 @@ class VMSPOP3(pop3.POP3):
 
         A transport buffers what it is given until the reactor, at its next turn, finds
         the socket writable: a turn of the event loop per reply, and a client waiting
-        for it (one client's logins: 8 % faster, 11 % less CPU a session, measured in
+        for it (logins with 4 and 16 clients went 12-37 % faster without it,
         docs/performance.md).  A TCP or Unix transport is the reactor's write
         descriptor (``IWriteDescriptor``), so its ``doWrite()`` can run now.  Should
         that fail, the transport is still registered for writing, and the reactor
