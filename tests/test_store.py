@@ -143,6 +143,22 @@ def test_user_dir_and_secret_path_layout(store: MailStore) -> None:
     assert store.secret_path(USER) == store.root / USER / "POP_SECRET.DAT"
 
 
+def test_paths_are_kept_and_bounded(store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's paths are built once; the kept ones are dropped when there are too many,
+    and an unsafe name is refused however many were kept before."""
+    import vmspop.store as store_module
+
+    monkeypatch.setattr(store_module, "PATHS_KEPT", 3)
+    assert store.user_dir(USER) is store.user_dir(USER)
+    assert store.folder(USER, MAIL) is store.folder(USER, MAIL)
+    for name in ("a", "b", "c", "d"):
+        assert store.user_dir(name) == store.root / name
+    assert len(store._paths) <= 3
+    assert store.folder(USER, NEWMAIL) == store.root / USER / "NEWMAIL"
+    with pytest.raises(ValueError):
+        store.folder("..", MAIL)
+
+
 def test_has_mailbox_false_for_missing_file_or_symlink(store: MailStore, tmp_path: Path) -> None:
     """has_mailbox is False for a missing user, a plain file or a symlink to a real mailbox."""
     assert not store.has_mailbox("nobody")

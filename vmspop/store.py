@@ -76,6 +76,10 @@ STALE_TMP_SECONDS = 36 * 3600
 #: they must be 36 hours old to go, so an hour later changes little, and reading two
 #: tmp/ directories was a third of the time it takes to open a small mailbox.
 TMP_SWEEP_INTERVAL = 3600.0
+#: Users (and their folders) whose directory paths are kept: building a Path costs a
+#: few microseconds, and a login asks for them several times.
+PATHS_KEPT = 4096
+
 
 @dataclass(frozen=True)
 class _CachedListing:
@@ -177,18 +181,30 @@ class MailStore:
         self._listings: OrderedDict[tuple[str, str], _CachedListing] = OrderedDict()
         self._listings_guard = threading.Lock()
         self._swept: dict[str, float] = {}  # user -> time.monotonic() of the last tmp/ sweep
+        self._paths: dict[str | tuple[str, str], Path] = {}  # user (, folder) -> its directory
 
     # -- paths --------------------------------------------------------------------------
 
     def user_dir(self, user: str) -> Path:
         """The mail directory of ``user`` (already a normalised, validated name)."""
-        if not user or "/" in user or user in (".", "..") or "\0" in user:
-            raise ValueError("invalid user name")
-        return self.root / user
+        path = self._paths.get(user)
+        if path is None:
+            if not user or "/" in user or user in (".", "..") or "\0" in user:
+                raise ValueError("invalid user name")
+            path = self._keep_path(user, self.root / user)
+        return path
 
     def folder(self, user: str, folder: str) -> Path:
         """The Maildir of one folder (NEWMAIL or MAIL) of ``user``."""
-        return self.user_dir(user) / folder
+        key = (user, folder)
+        path = self._paths.get(key)
+        return path if path is not None else self._keep_path(key, self.user_dir(user) / folder)
+
+    def _keep_path(self, key: str | tuple[str, str], path: Path) -> Path:
+        if len(self._paths) >= PATHS_KEPT:
+            self._paths.clear()  # simpler than an LRU, and a rebuild costs little
+        self._paths[key] = path
+        return path
 
     def secret_path(self, user: str) -> Path:
         """Where ``user``'s APOP shared secret lives."""
