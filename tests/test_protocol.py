@@ -776,33 +776,3 @@ def test_hundreds_of_pipelined_listings(server: Server) -> None:
     client.login()
     reply = b"+OK 0 messages (0 octets)\r\n.\r\n"
     assert client.send(b"LIST\r\n" * 3000 + b"NOOP\r\n") == reply * 3000 + b"+OK\r\n"
-
-
-def test_replies_are_sent_in_the_turn_that_wrote_them(server: Server) -> None:
-    """Over a transport that is the reactor's write descriptor (TCP), what a batch of
-    commands wrote is handed to doWrite() once, at once; not while the connection closes."""
-    from twisted.internet.interfaces import IWriteDescriptor
-    from twisted.internet.testing import StringTransport
-    from zope.interface import implementer
-
-    @implementer(IWriteDescriptor)
-    class Descriptor(StringTransport):
-        writes = 0
-
-        def doWrite(self) -> None:
-            self.writes += 1
-
-    client = server.connect()
-    client.drop()  # its transport is replaced by one that is a write descriptor
-    client.transport = Descriptor(peerAddress=client.transport.getPeer())
-    client.protocol = server.factory.buildProtocol(client.transport.getPeer())
-    client.protocol.makeConnection(client.transport)
-    assert client.take().startswith(b"+OK") and client.transport.writes == 1  # the greeting
-    assert client.send(b"CAPA\r\nUSER jones\r\n").count(b"+OK") == 2
-    assert client.transport.writes == 2
-    assert client.send(b"PASS wonder") == b""  # no complete command, nothing written
-    assert client.transport.writes == 2
-    assert client.send(b"land\r\n").startswith(b"+OK")
-    assert client.transport.writes == 3
-    assert client.command("QUIT").startswith(b"+OK") and client.closed
-    assert client.transport.writes == 3  # the reactor finishes the close

@@ -19,7 +19,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import ILoggingContext, IProtocol, ISSLTransport, IWriteDescriptor
+from twisted.internet.interfaces import ILoggingContext, IProtocol, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.mail import pop3
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper  # no public name for it
@@ -30,6 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.cached import read_if_cached
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
+from vmspop.output import Output
 from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, ReadAhead, StreamStopped, Streamer
 
@@ -94,20 +95,18 @@ class VMSPOP3(pop3.POP3):
         self._partial_timer: Any = None
         self._mechanism: sasl.Mechanism | None = None
         self._sasl_success: Any = None
-        self._wrote = False  # a reply was written since the last _send_written()
-        self._write_now = False  # the transport is the reactor's write descriptor
 
     # -- connection ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         """Greet the client with the APOP challenge, or refuse it when the server is full."""
+        self._output = Output(self.transport)
         peer = self.transport.getPeer()
         self.rip = getattr(peer, "host", None) or str(peer)
         self._local = isinstance(peer, UNIXAddress) or _is_loopback(self.rip)
         # Behind a PROXY-protocol listener this is the proxy's address: the client's
         # comes with its first data, and only then is it counted per address.
         self._proxied = _behind_proxy(self.transport)
-        self._write_now = IWriteDescriptor.providedBy(self.transport)
         refused = self.factory.admit(self, None if self._proxied else self.rip)
         if refused is not None:
             self.events.refused(rip=self.rip, reason=refused)
@@ -124,7 +123,6 @@ class VMSPOP3(pop3.POP3):
         self.events.connected(rip=self.rip, session=self.session)
         self.setTimeout(self.config.idle_timeout or None)
         self._send(wire.ok(self.factory.greeting(self.magic.decode("ascii"))))
-        self._send_written()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Drop the session: without a completed QUIT nothing in the mailbox changes."""
@@ -168,9 +166,17 @@ class VMSPOP3(pop3.POP3):
     # -- input --------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Split input into lines and run them in order, one at a time (PIPELINING)."""
+        """Split input into lines and run them in order, one at a time (PIPELINING);
+        the replies to the lines run now leave together."""
         if self._closing:
             return
+        self._output.cork()
+        try:
+            self._take(data)
+        finally:
+            self._output.uncork()
+
+    def _take(self, data: bytes) -> None:
         if not self._peer_known:
             self._peer_known = True
             if not self._learn_proxied_peer():
@@ -184,7 +190,6 @@ class VMSPOP3(pop3.POP3):
             return
         self._watch_partial_line()
         self._queue.add(lines)
-        self._send_written()
 
     def _learn_proxied_peer(self) -> bool:
         """Behind a PROXY-protocol listener the real client address is known only once the
@@ -266,7 +271,15 @@ class VMSPOP3(pop3.POP3):
         if isinstance(result, defer.Deferred):
             self._queue.hold()
             result.addErrback(self._unexpected, verb)
-            result.addBoth(self._queue.release)
+            result.addBoth(self._release)
+
+    def _release(self, _: Any = None) -> None:
+        """The held command is answered: run the lines behind it, replies together."""
+        self._output.cork()
+        try:
+            self._queue.release()
+        finally:
+            self._output.uncork()
 
     def _unexpected(self, failure: Failure, verb: str) -> None:
         if failure.check(StreamStopped):
@@ -279,25 +292,7 @@ class VMSPOP3(pop3.POP3):
     def _send(self, data: bytes) -> None:
         if self.events.trace_enabled:
             self._trace("S:", data.split(b"\r\n", 1)[0])
-        self.transport.write(data)
-        self._wrote = True
-
-    def _send_written(self) -> None:
-        """Send the replies just written now, not at the reactor's next turn.
-
-        A transport buffers what it is given until the reactor, at its next turn, finds
-        the socket writable: a turn of the event loop per reply, and a client waiting
-        for it (logins with 4 and 16 clients went 12-37 % faster without it,
-        docs/performance.md).  A TCP or Unix transport is the reactor's write
-        descriptor (``IWriteDescriptor``), so its ``doWrite()`` can run now.  Should
-        that fail, the transport is still registered for writing, and the reactor
-        meets the same error at its next turn and closes the connection as usual.
-        Not while it closes: the reactor then finishes the close after the last write.
-        """
-        if self._wrote:
-            self._wrote = False
-            if self._write_now and not self.transport.disconnecting:
-                self.transport.doWrite()
+        self._output.write(data)
 
     def _trace(self, direction: str, line: bytes) -> None:
         self.events.trace(session=self.session, direction=direction,
@@ -305,9 +300,11 @@ class VMSPOP3(pop3.POP3):
 
     def _close(self) -> None:
         self._closing = self._queue.closed = True
+        self._output.flush()
         self.transport.loseConnection()
 
     def _stream(self, read: Any, close: Any, transform: Any, finish: Any) -> defer.Deferred:
+        self._output.flush()  # the streamer writes to the transport itself
         streamer = Streamer(self.transport, read, transform, finish,
                             progress=self.resetTimeout, close=close)
         self._streamer = streamer
@@ -527,6 +524,7 @@ class VMSPOP3(pop3.POP3):
         self._lines.clear()
         self._user = None
         self._tls_started = True
+        self._output.through_transport()
         self.transport.startTLS(self.factory.tls.options())
 
     def _login(self, credentials: Any, user: bytes, method: str, success: str,
@@ -651,11 +649,10 @@ class VMSPOP3(pop3.POP3):
                 read = lambda: defer.succeed(b"") if top.done else source.read()  # noqa: E731
             prefix = mbox.prefix(index)
             if prefix:
-                self.transport.write(transform(prefix))
+                self._output.write(transform(prefix))
             if source.whole is not None:
                 # Read whole in its first block (most mail): one write, no producer to run.
-                self.transport.writeSequence([transform(source.whole), stuffer.finish()])
-                self._wrote = True
+                self._output.write(transform(source.whole), stuffer.finish())
                 source.close()
                 self.resetTimeout()
                 return sent(None)

@@ -1,0 +1,205 @@
+"""vmspop.output: replies go to the socket at once, in order, and what the socket does
+not take goes through the transport.  Run over real socket pairs and Twisted's own
+tcp.Server (with a memory reactor), so a Twisted whose buffering changed fails here."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import protocol, tcp
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from tests.support import Server
+from vmspop.output import MAX_PARTS, Output, direct_socket
+
+
+class Recording:
+    """A socket that records the sends made on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sends: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        sent = self._sock.send(data)
+        self.sends.append(data[:sent])
+        return sent
+
+    def sendmsg(self, parts: list[bytes]) -> int:
+        sent = self._sock.sendmsg(parts)
+        self.sends.append(b"".join(parts)[:sent])
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Link:
+    """A tcp.Server transport on one end of a socket pair; the test reads the other."""
+
+    def __init__(self, proto: protocol.Protocol | None = None) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            self.peer = socket.create_connection(listener.getsockname())
+            ours, _ = listener.accept()
+        self.peer.setblocking(False)
+        self.reactor = MemoryReactorClock()
+        self.socket = Recording(ours)
+        self.transport = tcp.Server(self.socket, proto or protocol.Protocol(), ("127.0.0.1", 1),
+                                    None, 1, self.reactor)
+        if proto is not None:
+            proto.makeConnection(self.transport)
+
+    def received(self) -> bytes:
+        data = b""
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def queued(self) -> bool:
+        """The transport holds data and waits for the reactor to find the socket writable."""
+        return self.transport in self.reactor.getWriters()
+
+    def drain(self) -> bytes:
+        """Read until the transport has sent everything it holds, as the reactor would."""
+        data = self.received()
+        while self.queued():
+            self.transport.doWrite()
+            data += self.received()
+        return data
+
+    def close(self) -> None:
+        self.peer.close()
+        self.socket.close()
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    made = Link()
+    yield made
+    made.close()
+
+
+def test_a_write_leaves_at_once(link: Link) -> None:
+    out = Output(link.transport)
+    out.write(b"+OK ready\r\n")
+    assert link.received() == b"+OK ready\r\n"
+    assert not link.queued()  # no pass through the reactor
+    out.write(b"+OK 3 octets\r\n", b"abc\r\n", b".\r\n")
+    assert link.received() == b"+OK 3 octets\r\nabc\r\n.\r\n"
+    assert link.socket.sends == [b"+OK ready\r\n", b"+OK 3 octets\r\nabc\r\n.\r\n"]  # one sendmsg
+
+
+def test_corked_writes_leave_together_at_the_outermost_uncork(link: Link) -> None:
+    out = Output(link.transport)
+    out.cork()
+    out.write(b"+OK one\r\n")
+    out.cork()  # a batch inside a batch (a command answered at once while the queue runs)
+    out.write(b"+OK two\r\n")
+    out.uncork()
+    assert link.received() == b""
+    out.write(b"+OK three\r\n")
+    out.uncork()
+    assert link.received() == b"+OK one\r\n+OK two\r\n+OK three\r\n"
+    assert len(link.socket.sends) == 1
+    out.write(b"+OK four\r\n")  # not corked any more
+    assert link.received() == b"+OK four\r\n"
+
+
+def test_flush_sends_what_is_held_and_stays_corked(link: Link) -> None:
+    out = Output(link.transport)
+    out.cork()
+    out.write(b"+OK one\r\n")
+    out.flush()
+    assert link.received() == b"+OK one\r\n"
+    out.write(b"+OK two\r\n")
+    assert link.received() == b""
+    out.uncork()
+    assert link.received() == b"+OK two\r\n"
+
+
+def test_what_the_socket_does_not_take_goes_through_the_transport_in_order(link: Link) -> None:
+    link.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    out = Output(link.transport)
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers take
+    out.write(b"+OK\r\n", big)
+    assert link.queued()  # the rest waits in the transport for the reactor
+    sends = len(link.socket.sends)
+    out.write(b"after\r\n")  # must not overtake what waits
+    assert len(link.socket.sends) == sends  # not sent: queued behind the rest
+    assert link.drain() == b"+OK\r\n" + big + b"after\r\n"
+    out.write(b"again\r\n")  # the transport is empty again: straight out
+    assert link.received() == b"again\r\n" and link.socket.sends[-1] == b"again\r\n"
+
+
+def test_many_parts_are_joined_into_one_send(link: Link) -> None:
+    out = Output(link.transport)
+    parts = [b"%d\r\n" % i for i in range(MAX_PARTS + 1)]
+    out.write(*parts)
+    assert link.received() == b"".join(parts) and len(link.socket.sends) == 1
+
+
+def test_through_transport_after_stls(link: Link) -> None:
+    out = Output(link.transport)
+    out.cork()
+    out.write(b"+OK Begin TLS negotiation\r\n")
+    out.through_transport()
+    assert link.received() == b"+OK Begin TLS negotiation\r\n"  # in clear, before TLS
+    out.write(b"secret\r\n")
+    out.uncork()
+    assert link.queued() and link.received() == b""  # the transport's (TLS) path now
+    assert link.drain() == b"secret\r\n"
+
+
+def test_a_broken_connection_is_left_to_the_transport() -> None:
+    link = Link()
+    link.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    link.peer.close()  # a reset (RST) at once
+    out = Output(link.transport)
+    with pytest.raises(ConnectionResetError):
+        link.socket.send(b"x")  # what the socket says now
+    out.write(b"+OK\r\n")  # no exception here
+    assert link.queued()  # the reactor's doWrite meets the error and closes as usual
+    assert isinstance(link.transport.doWrite(), Exception)
+    link.socket.close()
+
+
+def test_closing_or_closed_transports_are_not_written_around(link: Link) -> None:
+    out = Output(link.transport)
+    link.transport.loseConnection()
+    out.write(b"-ERR bye\r\n")
+    assert link.queued()  # written by the transport, before it closes
+    assert link.drain() == b"-ERR bye\r\n"
+
+
+def test_only_plain_socket_transports_are_written_around(link: Link) -> None:
+    assert direct_socket(link.transport) is link.socket
+    assert direct_socket(StringTransport()) is None
+    out = Output(StringTransport())
+    out.write(b"+OK\r\n", b"x")
+    assert out._transport.value() == b"+OK\r\nx"
+
+
+def test_a_pipelined_batch_is_answered_in_one_send(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.add_user("jones")
+    server.deliver("jones", b"Subject: hi\n\n.dot\n")
+    link = Link(server.factory.buildProtocol(("127.0.0.1", 1)))
+    assert link.received().startswith(b"+OK") and len(link.socket.sends) == 1  # the greeting
+    link.transport.protocol.dataReceived(b"USER jones\r\nPASS wonderland\r\nSTAT\r\nRETR 1\r\n")
+    replies = link.received()
+    assert replies.count(b"+OK") == 4 and replies.endswith(b"\r\n..dot\r\n.\r\n")
+    assert len(link.socket.sends) == 2
+    link.transport.protocol.dataReceived(b"QUIT\r\n")
+    assert link.received().startswith(b"+OK POP server signing off")
+    assert len(link.socket.sends) == 3
+    link.close()
