@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from twisted.internet import protocol, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from tests.support import Server
-from vmspop.output import MAX_PARTS, Output, direct_socket
+from vmspop.output import MAX_BACKLOG, MAX_PARTS, Output, direct_socket
 
 
 class Recording:
@@ -202,4 +204,40 @@ def test_a_pipelined_batch_is_answered_in_one_send(tmp_path: Path) -> None:
     link.transport.protocol.dataReceived(b"QUIT\r\n")
     assert link.received().startswith(b"+OK POP server signing off")
     assert len(link.socket.sends) == 3
+    link.close()
+
+
+def test_a_client_that_does_not_read_holds_one_backlog_of_replies(tmp_path: Path) -> None:
+    """Pipelined RETRs wait while MAX_BACKLOG octets are unsent; all arrive once read."""
+    server = Server(tmp_path)
+    server.add_user("jones")
+    body = b"".join(b"line %06d of a long message\n" % i for i in range(4000))  # ~120 KB
+    server.deliver("jones", b"Subject: big\n\n" + body)
+    link = Link(server.factory.buildProtocol(("127.0.0.1", 1)))
+    link.received()
+    proto = link.transport.protocol
+    proto.dataReceived(b"USER jones\r\nPASS wonderland\r\n")
+    link.received()
+    proto.dataReceived(b"RETR 1\r\n" * 100)
+    held = len(link.transport.dataBuffer) - link.transport.offset + link.transport._tempDataLen
+    assert 0 < held <= MAX_BACKLOG + len(body) * 2  # not 100 messages
+    replies = link.drain()
+    assert replies.count(b"+OK ") == 100 and replies.count(b"\r\n.\r\n") == 100
+    assert link.transport.producer is None  # the wait is over, nothing left registered
+    proto.dataReceived(b"QUIT\r\n")
+    assert link.received().startswith(b"+OK")
+    link.close()
+
+
+def test_the_wait_ends_when_the_connection_is_lost(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.add_user("jones")
+    server.deliver("jones", b"Subject: big\n\n" + b"x" * 200_000 + b"\n")
+    link = Link(server.factory.buildProtocol(("127.0.0.1", 1)))
+    proto = link.transport.protocol
+    proto.dataReceived(b"USER jones\r\nPASS wonderland\r\n" + b"RETR 1\r\n" * 100)
+    assert link.transport.producer is not None  # waiting for the client to read
+    link.transport.connectionLost(Failure(ConnectionDone()))
+    assert link.transport.producer is None and proto._queue.closed
+    assert server.files("jones", "NEWMAIL") and not server.files("jones", "MAIL")  # no QUIT
     link.close()

@@ -193,3 +193,28 @@ def test_mismatched_key_is_refused(tmp_path: Path) -> None:
     _, other_key = make_certificate(tmp_path, prefix="other-")
     with pytest.raises(UsageError, match="does not match"):
         Options().parseOptions(["--tls-cert", str(cert_path), "--tls-key", str(other_key)])
+
+
+def test_pipelined_retrs_over_tls_wait_for_a_client_that_does_not_read(
+        tls_live: Live, cert: tuple[Path, Path]) -> None:
+    """Over STLS the unsent backlog is bounded too (the wait goes through the TLS layer's
+    producer), and every reply arrives once the client reads."""
+    body = b"".join(b"line %06d of a long message\r\n" % i for i in range(4000))
+    tls_live.store.deliver(["jones"], [b"Subject: big\r\n\r\n" + body])
+    raw = socket.create_connection(("127.0.0.1", tls_live.port), timeout=10)
+    raw.recv(1024)
+    raw.sendall(b"STLS\r\n")
+    assert raw.recv(1024).startswith(b"+OK")
+    wrapped = context(cert[0]).wrap_socket(raw, server_hostname="localhost")
+    wrapped.sendall(b"USER jones\r\nPASS wonderland\r\n" + b"RETR 1\r\n" * 60)
+    time.sleep(0.5)  # the server fills the socket buffers, then waits
+    (session,) = tls_live.factory.sessions
+    held = blockingCallFromThread(tls_live.reactor, lambda: session._output.backlog())
+    assert 0 < held < 60 * len(body) // 4
+    received = b""
+    while received.count(b"\r\n.\r\n") < 60:
+        received += wrapped.recv(1 << 20)
+    assert received.count(b"+OK ") == 62 and received.endswith(b"\r\n.\r\n")
+    wrapped.sendall(b"QUIT\r\n")
+    assert wrapped.recv(1024).startswith(b"+OK")
+    wrapped.close()

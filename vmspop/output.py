@@ -8,6 +8,11 @@ before it, and hands anything the socket does not take (or any error) to the
 transport, which sends it, or meets the error and closes, in the usual way.  Replies
 to a batch of pipelined commands are held (:meth:`Output.cork`) and leave together.
 
+A client that pipelines commands and does not read its replies would make the
+transport hold them all (8,000 pipelined RETRs of a 240 KB message: 1.2 GB).
+:meth:`Output.backlog` tells how much waits unsent, and :meth:`Output.drained` waits
+for it to go, so the next command can wait (see ``VMSPOP3._run``).
+
 Sending around the transport relies on how :class:`twisted.internet.tcp.Connection`
 buffers (``dataBuffer``/``offset``/``_tempDataLen``, its ``TLS`` flag);
 :func:`direct_socket` checks these exist and otherwise every write takes the
@@ -19,9 +24,15 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IPullProducer
+from zope.interface import implementer
 
-__all__ = ["Output", "direct_socket"]
+__all__ = ["MAX_BACKLOG", "Output", "direct_socket"]
+
+#: Unsent octets beyond which the next command waits until they are sent: bounds the
+#: memory a client that does not read can make a connection hold (one message more).
+MAX_BACKLOG = 256 * 1024
 
 #: Parts given to one sendmsg(); more are joined first (Linux takes at most 1024).
 MAX_PARTS = 64
@@ -32,11 +43,25 @@ _BUFFER_NAMES = ("dataBuffer", "offset", "_tempDataLen", "TLS", "connected", "di
 def direct_socket(transport: Any) -> socket.socket | None:
     """The socket of a plain TCP or UNIX connection, or None if writes must go through
     the transport (TLS, PROXY-protocol wrappers, test transports, an unknown Twisted)."""
-    if not isinstance(transport, tcp.Connection):
-        return None
-    if not all(hasattr(transport, name) for name in _BUFFER_NAMES):
+    if _buffering(transport) is None or transport.TLS:
         return None
     return transport.getHandle()
+
+
+def _buffering(transport: Any) -> tcp.Connection | None:
+    """``transport`` if it is a TCP or UNIX connection whose buffer can be read."""
+    if isinstance(transport, tcp.Connection) and all(hasattr(transport, n) for n in _BUFFER_NAMES):
+        return transport
+    return None
+
+
+def _connection_under(transport: Any) -> tcp.Connection | None:
+    """The TCP or UNIX connection under any TLS or PROXY-protocol layers."""
+    while transport is not None:
+        if isinstance(transport, tcp.Connection):
+            return _buffering(transport)
+        transport = getattr(transport, "transport", None)
+    return None
 
 
 class Output:
@@ -45,6 +70,7 @@ class Output:
     def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._socket = direct_socket(transport)
+        self._connection = _connection_under(transport)
         self._corks = 0
         self._held: list[bytes] = []
 
@@ -76,6 +102,23 @@ class Output:
         """From now on write only through the transport (STLS: it encrypts from here)."""
         self.flush()
         self._socket = None
+
+    def backlog(self) -> int:
+        """Octets written and not sent yet (0 when the transport cannot tell, or
+        the connection is gone)."""
+        t = self._connection
+        if t is None or not t.connected:
+            return 0
+        return len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._held))
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires once the transport has sent everything; never if the connection is
+        lost first (its end stops the session).  Not while a producer is registered on
+        the transport (a transfer runs)."""
+        done: defer.Deferred[None] = defer.Deferred()
+        self.flush()
+        self._transport.registerProducer(_DrainWaiter(self, self._transport, done), False)
+        return done
 
     def _send(self, parts: list[bytes]) -> None:
         if self._socket is not None and self._nothing_queued():
@@ -109,3 +152,26 @@ def _unsent(parts: list[bytes], sent: int) -> list[bytes]:
             return [part[sent:] if sent else part, *parts[i + 1:]]
         sent -= len(part)
     return []
+
+
+@implementer(IPullProducer)
+class _DrainWaiter:
+    """Registered as the transport's pull producer, which it asks for more data
+    (:meth:`resumeProducing`) each time its buffer has emptied."""
+
+    def __init__(self, output: Output, transport: Any, done: defer.Deferred[None]) -> None:
+        self._output = output
+        self._transport = transport
+        self._done = done
+
+    def resumeProducing(self) -> None:
+        # Also called at registration, and under TLS on every cooperator step.
+        if self._output.backlog() or self._done.called:
+            return
+        self._transport.unregisterProducer()
+        self._done.callback(None)
+
+    def stopProducing(self) -> None:
+        # The connection is gone.  Firing would run the commands queued behind the
+        # wait before the protocol learns of it, for nobody.
+        pass

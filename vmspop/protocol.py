@@ -30,7 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.cached import read_if_cached
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
-from vmspop.output import Output
+from vmspop.output import MAX_BACKLOG, Output
 from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, ReadAhead, StreamStopped, Streamer
 
@@ -264,6 +264,8 @@ class VMSPOP3(pop3.POP3):
             self.events.failure("{verb} failed", verb=command.verb)
             self._send(wire.err("internal server error", "SYS/TEMP"))
             return
+        if result is None and not self._closing and self._output.backlog() > MAX_BACKLOG:
+            result = self._output.drained()  # the client is not reading: the next line waits
         self._hold_for(result, command.verb)
 
     def _hold_for(self, result: Any, verb: str) -> None:
