@@ -207,6 +207,22 @@ def test_a_pipelined_batch_is_answered_in_one_send(tmp_path: Path) -> None:
     link.close()
 
 
+def test_backlog_counts_what_is_held_and_what_the_transport_holds(link: Link) -> None:
+    link.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    out = Output(link.transport)
+    assert out.backlog() == 0
+    out.cork()
+    out.write(b"+OK\r\n", b"x" * 1000)
+    assert out.backlog() == 1005
+    out.uncork()
+    out.write(b"y" * (1 << 20))  # more than the socket takes
+    queued = len(link.transport.dataBuffer) - link.transport.offset + link.transport._tempDataLen
+    assert out.backlog() == queued > 0
+    link.drain()
+    assert out.backlog() == 0
+    assert Output(StringTransport()).backlog() == 0  # a transport that cannot tell
+
+
 def test_a_client_that_does_not_read_holds_one_backlog_of_replies(tmp_path: Path) -> None:
     """Pipelined RETRs wait while MAX_BACKLOG octets are unsent; all arrive once read."""
     server = Server(tmp_path)

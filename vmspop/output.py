@@ -73,11 +73,13 @@ class Output:
         self._connection = _connection_under(transport)
         self._corks = 0
         self._held: list[bytes] = []
+        self._held_octets = 0
 
     def write(self, *parts: bytes) -> None:
         """Send ``parts`` in order, after everything written before."""
         if self._corks:
             self._held.extend(parts)
+            self._held_octets += sum(map(len, parts))
         else:
             self._send(list(parts))
 
@@ -95,7 +97,7 @@ class Output:
         """Send what is held now.  Call it before anything else reaches the transport
         (a producer's writes, a close) so that the order holds."""
         if self._held:
-            parts, self._held = self._held, []
+            parts, self._held, self._held_octets = self._held, [], 0
             self._send(parts)
 
     def through_transport(self) -> None:
@@ -109,7 +111,7 @@ class Output:
         t = self._connection
         if t is None or not t.connected:
             return 0
-        return len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._held))
+        return _buffered(t) + self._held_octets
 
     def drained(self) -> defer.Deferred[None]:
         """Fires once the transport has sent everything; never if the connection is
@@ -141,8 +143,12 @@ class Output:
 
     def _nothing_queued(self) -> bool:
         t = self._transport
-        return bool(t.connected and not t.disconnecting and not t.TLS
-                    and not t._tempDataLen and len(t.dataBuffer) == t.offset)
+        return bool(t.connected and not t.disconnecting and not t.TLS and not _buffered(t))
+
+
+def _buffered(connection: tcp.Connection) -> int:
+    """Octets a TCP or UNIX connection holds unsent."""
+    return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
 
 
 def _unsent(parts: list[bytes], sent: int) -> list[bytes]:
