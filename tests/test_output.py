@@ -16,7 +16,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from tests.support import Server
+from tests.support import CapturedLog, Server
+from vmspop.events import EventLog
 from vmspop.output import MAX_BACKLOG, MAX_PARTS, Output, direct_socket
 
 
@@ -257,3 +258,50 @@ def test_the_wait_ends_when_the_connection_is_lost(tmp_path: Path) -> None:
     assert link.transport.producer is None and proto._queue.closed
     assert server.files("jones", "NEWMAIL") and not server.files("jones", "MAIL")  # no QUIT
     link.close()
+
+
+def test_held_info_lines_are_emitted_in_order_at_the_outermost_release() -> None:
+    captured = CapturedLog()
+    events = EventLog("info", logger=captured.logger)
+    events.hold()
+    events.login(user="jones", method="USER", rip="192.0.2.1", session="s1")
+    events.hold()
+    events.refused(rip="192.0.2.2", reason="too-many-sessions")
+    events.release()
+    events.error("disk {what}", what="full")  # warnings and errors are not held
+    assert captured.lines() == ["disk full"]
+    events.release()
+    assert captured.lines()[1:] == ["login: user=<jones> method=USER rip=192.0.2.1 session=<s1>",
+                                    "connection refused: rip=192.0.2.2 reason=too-many-sessions"]
+    events.login(user="smith", method="APOP", rip="192.0.2.3", session="s2")  # not held now
+    assert captured.lines()[-1].startswith("login: user=<smith>")
+
+
+def test_log_lines_of_a_batch_follow_its_replies(tmp_path: Path) -> None:
+    """The client waits for +OK, not for the log line: PASS and QUIT log after sending."""
+    server = Server(tmp_path)
+    server.add_user("jones")
+    sends_at: dict[str, int] = {}
+    link = Link(server.factory.buildProtocol(("127.0.0.1", 1)))
+    server.log.logger.observer = lambda event: (sends_at.setdefault(
+        event.get("line", "").split(":")[0], len(link.socket.sends)), server.log.events.append(event))
+    link.transport.protocol.dataReceived(b"USER jones\r\nPASS wonderland\r\n")
+    assert sends_at["login"] == 2  # the greeting, then USER's and PASS's replies in one send
+    link.transport.protocol.dataReceived(b"QUIT\r\n")
+    assert sends_at["logout"] == 3
+    assert link.received().count(b"+OK") == 4
+    link.close()
+
+
+def test_a_session_that_said_goodbye_no_longer_counts(tmp_path: Path) -> None:
+    """QUIT's reply leaves at once and the socket closes at the reactor's next turn; a
+    client reconnecting in between must not find --max-sessions used up."""
+    server = Server(tmp_path, max_sessions=1)
+    server.add_user("jones")
+    first = Link(server.factory.buildProtocol(("127.0.0.1", 1)))
+    first.transport.protocol.dataReceived(b"USER jones\r\nPASS wonderland\r\nQUIT\r\n")
+    assert first.received().count(b"+OK") == 4  # not closed yet: no reactor turn has run
+    second = Link(server.factory.buildProtocol(("127.0.0.1", 2)))
+    assert second.received().startswith(b"+OK POP server")
+    first.close()
+    second.close()

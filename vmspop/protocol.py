@@ -171,10 +171,12 @@ class VMSPOP3(pop3.POP3):
         if self._closing:
             return
         self._output.cork()
+        self.events.hold()
         try:
             self._take(data)
         finally:
             self._output.uncork()
+            self.events.release()  # log lines after the replies, which the client awaits
 
     def _take(self, data: bytes) -> None:
         if not self._peer_known:
@@ -278,10 +280,12 @@ class VMSPOP3(pop3.POP3):
     def _release(self, _: Any = None) -> None:
         """The held command is answered: run the lines behind it, replies together."""
         self._output.cork()
+        self.events.hold()
         try:
             self._queue.release()
         finally:
             self._output.uncork()
+            self.events.release()
 
     def _unexpected(self, failure: Failure, verb: str) -> None:
         if failure.check(StreamStopped):
@@ -302,6 +306,9 @@ class VMSPOP3(pop3.POP3):
 
     def _close(self) -> None:
         self._closing = self._queue.closed = True
+        # The last reply leaves now and the socket closes at the reactor's next turn: a
+        # client that reconnects on seeing it must find the session's slot free.
+        self.factory.release(self)
         self._output.flush()
         self.transport.loseConnection()
 
