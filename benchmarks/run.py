@@ -12,7 +12,9 @@ chart (docs/performance.png, when matplotlib is installed).  A server that answe
 scenario wrongly (a status line, an octet count, a byte of a body, the terminating
 line) scores nothing for that scenario.  See docs/performance.md for the method.
 
-Scenarios (each server in turn, servers interleaved within each run):
+Scenarios (list and big: each server in turn within each run; login and bulk: all
+servers running, measured in short slices that take turns, so that the machine's slow
+and fast phases fall on every server alike):
   list     login+STAT, LIST and UIDL of a 100,000-message NEWMAIL; "cold" is the first
            login after a restart with the page cache dropped (when root), "warm" the next
   login    USER/PASS + STAT + QUIT, back to back, with 1, 4 and 16 concurrent clients
@@ -73,6 +75,11 @@ class Params:
     lag_seconds: float = 5.0
     lag_list: bool = True
     quiet_wait: float = 120.0
+    # login and bulk: each server's time in a run is cut into this many slices, and the
+    # servers take turns slice by slice.  This VM's speed drifts by a fifth or more over
+    # tens of seconds; measured one server after another, ratios swung by 0.2-0.3 from
+    # run to run (docs/performance.md).
+    slices: int = 4
 
     @classmethod
     def quick(cls) -> "Params":
@@ -157,9 +164,9 @@ class Bench:
             out["list_peak"] = peak
         return out
 
-    def login(self, server: srv.Server, clients: int) -> dict[str, float]:
+    def login(self, server: srv.Server, clients: int, seconds: float) -> dict[str, float]:
         latencies: list[list[float]] = [[] for _ in range(clients)]
-        deadline = time.perf_counter() + self.p.login_seconds
+        deadline = time.perf_counter() + seconds
 
         def worker(i: int) -> None:
             box = self.c.login[i]
@@ -184,11 +191,11 @@ class Bench:
                 f"login{clients}_server_cpu": (s1 - s0) / elapsed,
                 f"login{clients}_client_cpu": (c1 - c0) / elapsed}
 
-    def bulk(self, server: srv.Server) -> dict[str, float]:
+    def bulk(self, server: srv.Server, seconds: float) -> dict[str, float]:
         clients = self.p.bulk_clients
         done = [[0, 0] for _ in range(clients)]
         sizes, bodies = self.e.bulk_sizes, self.e.bulk
-        deadline = time.perf_counter() + self.p.bulk_seconds
+        deadline = time.perf_counter() + seconds
 
         def worker(i: int) -> None:
             box = self.c.bulk[i]
@@ -837,34 +844,71 @@ def main(argv: list[str] | None = None) -> int:
                     failures[n] = failed.get(n, {})
                 bench.stall_sites = sites
 
+        def interleaved(group: str, measure) -> None:
+            """One scenario of login or bulk for every server taking part (all running):
+            params.slices slices each, the servers taking turns, the first of each round
+            rotating so that none is always measured after the same one."""
+            taking_part = [s for s in servers if group == "login" or s.name != "dovecot-default"]
+            for k in range(params.slices):
+                for s in taking_part[k % len(taking_part):] + taking_part[:k % len(taking_part)]:
+                    record(s, group, lambda s=s: measure(s))
+
+        def warm_up(s: srv.Server) -> None:
+            """A login for each user of the interleaved scenarios (untimed), so that the
+            first slice does not pay for a server's first sessions."""
+            for box in corpus.login + corpus.bulk[: params.bulk_clients]:
+                conn = Conn(s.port)
+                conn.login(box.user, box.password)
+                conn.quit()
+
         for run in range(params.runs):
             note(f"run {run + 1}/{params.runs} ({time.monotonic() - started:.0f} s elapsed)")
             for s in servers:
-                login_only = s.name == "dovecot-default"
+                if s.name == "dovecot-default" or not scenarios & {"list", "big"}:
+                    continue  # it takes part in the login scenario only
 
-                def body(s: srv.Server = s, login_only: bool = login_only) -> None:
+                def body(s: srv.Server = s) -> None:
                     s.start()
                     try:
-                        if "list" in scenarios and not login_only:
+                        if "list" in scenarios:
                             if not isinstance(s, srv.Ceiling):
                                 record(s, "list", lambda: bench.list(s, cold=True))
                                 for f in warm_files:  # the cold drop emptied the cache for all
                                     f.read_bytes()
                             record(s, "list", lambda: bench.list(s, cold=False))
-                        if "login" in scenarios:
-                            for n in params.login_clients:
-                                record(s, "login", lambda: bench.login(s, n))
-                        if "bulk" in scenarios and not login_only:
-                            record(s, "bulk", lambda: bench.bulk(s))
-                        if "big" in scenarios and not login_only:
+                        if "big" in scenarios:
                             record(s, "big", lambda: bench.big(s))
                     finally:
                         s.stop()
                     short = {k: fmt(v[-1]) for k, v in results[s.name].items()
-                             if k.endswith(("mbps", "rate", "total")) and v}
+                             if k.endswith(("mbps", "total")) and v}
                     note(f"  {s.name:16s} {short}")
 
                 turn(s.name, body)
+            if scenarios & {"login", "bulk"}:
+                def paired_body() -> None:
+                    for s in servers:
+                        s.start()
+                    try:
+                        for s in servers:
+                            warm_up(s)
+                        if "login" in scenarios:
+                            for n in params.login_clients:
+                                interleaved("login", lambda s, n=n: bench.login(
+                                    s, n, params.login_seconds / params.slices))
+                        if "bulk" in scenarios:
+                            interleaved("bulk", lambda s: bench.bulk(
+                                s, params.bulk_seconds / params.slices))
+                    finally:
+                        for s in servers:
+                            s.stop()
+                    for s in servers:
+                        short = {k: fmt(statistics.median(v[-params.slices:]))
+                                 for k, v in results[s.name].items()
+                                 if k.endswith(("mbps", "rate")) and v and not k.startswith("big")}
+                        note(f"  {s.name:16s} {short}")
+
+                turn("login and bulk", paired_body)
             if "lag" in scenarios and "vmspop" in wanted:
                 vm = next(s for s in servers if s.name == "vmspop")
 
@@ -881,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         info["loadavg_end"] = str(Path("/proc/loadavg").read_text().split(" ", 3)[:3])
         print()
         print(f"vmspop benchmark: medians of {params.runs} run{'s' if params.runs > 1 else ''}"
+              f" (login and bulk: of {params.runs} x {params.slices} interleaved slices)"
               f"{' (--quick)' if args.quick else ''}; (^) higher is better, (v) lower is better")
         print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         print(f"corpus: bulk {len(expected.bulk)} messages / {sum(expected.bulk_sizes) / 1e6:.1f} MB per "
@@ -979,8 +1024,8 @@ def profile(corpus, expected, params, work: Path, scenarios: list[str]) -> None:
             self.proc.wait(120)
             self.proc = None
 
-    runs = [("bulk", "bulk", lambda s: bench.bulk(s)),
-            ("login", "login, 16 clients", lambda s: bench.login(s, 16)),
+    runs = [("bulk", "bulk", lambda s: bench.bulk(s, params.bulk_seconds)),
+            ("login", "login, 16 clients", lambda s: bench.login(s, 16, params.login_seconds)),
             ("list", "list warm, 3 sessions", lambda s: [bench.list(s, cold=False) for _ in range(3)]),
             ("big", "big", lambda s: bench.big(s)),
             ("lag", "loop lag", None)]
