@@ -881,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         s.stop()
                     short = {k: fmt(v[-1]) for k, v in results[s.name].items()
-                             if k.endswith(("mbps", "total")) and v}
+                             if k.startswith(("list", "big")) and k.endswith(("mbps", "total")) and v}
                     note(f"  {s.name:16s} {short}")
 
                 turn(s.name, body)

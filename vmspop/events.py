@@ -51,8 +51,8 @@ class EventLog:
 
         A session holds them while it answers a batch of commands, and releases them
         once the replies are sent: writing a line through twistd's log observer takes
-        50-90 µs, which the client would otherwise wait for at PASS and QUIT
-        (docs/performance.md).  Warnings and errors are not held.
+        tens of microseconds, which the client would otherwise wait for at PASS and
+        QUIT (docs/performance.md).  Warnings and errors are not held.
         """
         self._holds += 1
 

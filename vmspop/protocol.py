@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -168,15 +168,19 @@ class VMSPOP3(pop3.POP3):
     def dataReceived(self, data: bytes) -> None:
         """Split input into lines and run them in order, one at a time (PIPELINING);
         the replies to the lines run now leave together."""
-        if self._closing:
-            return
+        if not self._closing:
+            self._batch(self._take, data)
+
+    def _batch(self, run: Callable[..., None], *args: Any) -> None:
+        """Run commands: their replies leave together, then their log lines (the client
+        waits for the replies, not for the log)."""
         self._output.cork()
         self.events.hold()
         try:
-            self._take(data)
+            run(*args)
         finally:
             self._output.uncork()
-            self.events.release()  # log lines after the replies, which the client awaits
+            self.events.release()
 
     def _take(self, data: bytes) -> None:
         if not self._peer_known:
@@ -278,14 +282,8 @@ class VMSPOP3(pop3.POP3):
             result.addBoth(self._release)
 
     def _release(self, _: Any = None) -> None:
-        """The held command is answered: run the lines behind it, replies together."""
-        self._output.cork()
-        self.events.hold()
-        try:
-            self._queue.release()
-        finally:
-            self._output.uncork()
-            self.events.release()
+        """The held command is answered: run the lines behind it."""
+        self._batch(self._queue.release)
 
     def _unexpected(self, failure: Failure, verb: str) -> None:
         if failure.check(StreamStopped):
