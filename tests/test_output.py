@@ -14,8 +14,11 @@ import pytest
 from twisted.internet import protocol, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
+from tests.live import start
 from tests.support import CapturedLog, Server
 from vmspop.events import EventLog
 from vmspop.output import MAX_BACKLOG, MAX_PARTS, Output, direct_socket
@@ -305,3 +308,31 @@ def test_a_session_that_said_goodbye_no_longer_counts(tmp_path: Path) -> None:
     assert second.received().startswith(b"+OK POP server")
     first.close()
     second.close()
+
+
+def test_a_unix_socket_listener_serves_with_direct_sends(reactor: Any, tmp_path: Path) -> None:
+    """A unix: listener's connections (twisted.internet.unix.Server, a tcp.Connection,
+    so replies go straight to its socket) are served byte for byte, with no error logged."""
+    live = start(reactor, tmp_path)
+    live.store.deliver(["jones"], [b"Subject: x\n\n.dot\nbody\n"])
+    path = str(tmp_path / "pop.sock")
+    port = blockingCallFromThread(reactor, reactor.listenUNIX, path, live.factory)
+    errors: list[str] = []
+    observer = lambda event: errors.append(str(event)) if event.get("log_level") == LogLevel.critical \
+        or event.get("isError") else None  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(path)
+            client.sendall(b"USER jones\r\nPASS wonderland\r\nRETR 1\r\nQUIT\r\n")
+            received = b""
+            while chunk := client.recv(65536):
+                received += chunk
+        assert received.startswith(b"+OK POP server") and received.count(b"+OK") == 5
+        assert b"\r\n..dot\r\nbody\r\n.\r\n" in received
+        assert errors == []
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        blockingCallFromThread(reactor, port.stopListening)
+        live.stop()
