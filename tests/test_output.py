@@ -336,3 +336,15 @@ def test_a_unix_socket_listener_serves_with_direct_sends(reactor: Any, tmp_path:
         globalLogPublisher.removeObserver(observer)
         blockingCallFromThread(reactor, port.stopListening)
         live.stop()
+
+
+def test_no_delay_is_set_on_the_connection_under_any_layer(link: Link) -> None:
+    """Behind TLS or a PROXY-protocol wrapper, TCP_NODELAY goes on the TCP connection."""
+    class Layer:  # what TLSMemoryBIOProtocol and HAProxyProtocolWrapper look like here
+        def __init__(self, transport: Any) -> None:
+            self.transport = transport
+
+    link.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+    Output(Layer(Layer(link.transport))).set_no_delay()
+    assert link.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    Output(StringTransport()).set_no_delay()  # nothing under it: nothing to set

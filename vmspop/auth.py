@@ -296,8 +296,9 @@ class MailRealm:
                  id_server: str | None = None) -> None:
         self.store = store
         self._run = run_in_thread
-        self._options: dict[str, Any] = dict(use_mail_folder=use_mail_folder, leave_in_newmail=leave_in_newmail,
-                             limit=message_maximum, id_server=id_server)
+        self._options: dict[str, Any] = dict(
+            use_mail_folder=use_mail_folder, leave_in_newmail=leave_in_newmail,
+            limit=message_maximum, id_server=id_server)
 
     def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> defer.Deferred:
         """Fire with ``(IMailbox, mailbox, logout)``; fail with LoginRefused("in-use") if locked."""

@@ -57,11 +57,9 @@ def _buffering(transport: Any) -> tcp.Connection | None:
 
 def _connection_under(transport: Any) -> tcp.Connection | None:
     """The TCP or UNIX connection under any TLS or PROXY-protocol layers."""
-    while transport is not None:
-        if isinstance(transport, tcp.Connection):
-            return _buffering(transport)
+    while transport is not None and not isinstance(transport, tcp.Connection):
         transport = getattr(transport, "transport", None)
-    return None
+    return transport
 
 
 class Output:
@@ -70,10 +68,17 @@ class Output:
     def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._socket = direct_socket(transport)
-        self._connection = _connection_under(transport)
+        self._under = _connection_under(transport)
+        self._connection = _buffering(self._under)
         self._corks = 0
         self._held: list[bytes] = []
         self._held_octets = 0
+
+    def set_no_delay(self) -> None:
+        """Set TCP_NODELAY on the connection (under any TLS or PROXY layer): without it
+        the final line of each RETR waits for the client's delayed ACK."""
+        if self._under is not None:
+            self._under.setTcpNoDelay(True)
 
     def write(self, *parts: bytes) -> None:
         """Send ``parts`` in order, after everything written before."""

@@ -117,8 +117,7 @@ class VMSPOP3(pop3.POP3):
             return
         self._admitted = True
         self._attempts = LoginAttempts(self.config.max_auth_attempts, self.rip, self.session)
-        # Without it the final line of each RETR waits for the client's delayed ACK.
-        _set_no_delay(self.transport)
+        self._output.set_no_delay()
         self.magic = self.factory.challenge()
         self.events.connected(rip=self.rip, session=self.session)
         self.setTimeout(self.config.idle_timeout or None)
@@ -767,16 +766,6 @@ class VMSPOP3(pop3.POP3):
 def _behind_proxy(transport: Any) -> bool:
     """True for a connection from a PROXY-protocol (haproxy:) listener."""
     return isinstance(transport, HAProxyProtocolWrapper)
-
-
-def _set_no_delay(transport: Any) -> None:
-    """Set TCP_NODELAY on the TCP connection under any wrappers (PROXY protocol, TLS)."""
-    while transport is not None:
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-            return
-        transport = getattr(transport, "transport", None)
 
 
 @functools.lru_cache(maxsize=4096)  # asked at every connection; few distinct clients
