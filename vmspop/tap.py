@@ -7,7 +7,6 @@ file is read first; options given on the command line override it.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,10 +14,11 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from vmspop.config import SETTINGS, ConfigError, ServerConfig, Setting, load_toml
+from vmspop.processwide import keep_freed_memory, settle_garbage_collector
 from vmspop.server import make_service
 from vmspop.tls import TLSCertificate, TLSError
 
-__all__ = ["Options", "makeService", "settle_garbage_collector"]
+__all__ = ["Options", "makeService"]
 
 
 def _describe(setting: Setting) -> str:
@@ -129,18 +129,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
+    keep_freed_memory()
     # twistd serves from --workers processes (default: one per core); see vmspop.workers.
     service = make_service(options.config, reactor, workers=True)
     settle_garbage_collector()
     return service
 
-
-def settle_garbage_collector() -> None:
-    """Exempt what start-up made (modules, Twisted, the service) from garbage collection.
-
-    A full collection walks every object; the ~50,000 of an idle server took 9 ms,
-    a reactor stall each time one ran under load.  Only process entry points call
-    this: an application embedding vmspop decides about its own collector.
-    """
-    gc.collect()
-    gc.freeze()

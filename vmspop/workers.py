@@ -72,7 +72,7 @@ from vmspop.balance import AcceptBalance, BalancedTally
 from vmspop.config import MAX_WORKERS, ServerConfig
 from vmspop.server import build_service
 from vmspop.tally import SharedTally
-from vmspop.tap import settle_garbage_collector
+from vmspop.processwide import keep_freed_memory, settle_garbage_collector
 
 __all__ = ["WorkerPool", "default_workers", "make_worker_pool", "plan_listeners", "worker_main"]
 
@@ -669,6 +669,7 @@ def worker_main() -> None:
     """
     spec = _read_spec()
     _log_to_supervisor()
+    keep_freed_memory()
     from twisted.internet import reactor
 
     config = ServerConfig.from_settings(spec["settings"])
