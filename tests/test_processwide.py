@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
+import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from vmspop import processwide
 
 REPO = Path(__file__).resolve().parent.parent
 
-glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
+glibc_only = pytest.mark.skipif(not processwide.is_glibc(),
                                 reason="mallopt() and its thresholds are glibc's")
 
 # Downloads at once: six 200 KB blocks alive together, then freed.  glibc's default
@@ -79,3 +80,82 @@ def test_twistd_tunes_the_process_it_owns(tmp_path: Path, monkeypatch: pytest.Mo
     tap.makeService(options, MemoryReactorClock())
     assert calls == ["malloc", "gc"]
 
+
+
+# A twistd-like process (threads on, a LogFile) caught inside its log file's lock as
+# SIGTERM arrives: the lock taken, its owner not yet set (where a signal can land).
+_SIGNAL_IN_LOG_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    from twisted.internet import reactor
+    from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+    from twisted.python import threadable
+    from twisted.python.logfile import LogFile
+    from vmspop.processwide import stop_on_signals
+
+    threadable.init(1)
+    logfile = LogFile("twistd.log", sys.argv[2])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
+    Logger().info("a first line makes the log file's lock")
+
+    def caught_in_a_log_write():
+        if sys.argv[1] == "vmspop":
+            stop_on_signals(reactor)
+        lock = logfile._threadable_lock
+        lock._block.acquire()
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at the next bytecode
+        lock._block.release()
+
+    reactor.callWhenRunning(caught_in_a_log_write)
+    reactor.run()
+    print("stopped", flush=True)
+""")
+
+
+def _signalled(mode: str, directory: Path) -> str | None:
+    """The log of a run, or None if it hung."""
+    directory.mkdir()
+    try:
+        done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_LOG_WRITE, mode, str(directory)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+    assert done.stdout == "stopped\n", done
+    return (directory / "twistd.log").read_text()
+
+
+def test_a_signal_during_a_log_write_stops_the_server(tmp_path: Path) -> None:
+    """Stock defect (twisted#7736): Twisted's SIGTERM handler logs, and a signal that
+    lands inside the log file's lock leaves twistd waiting for itself forever."""
+    assert _signalled("stock", tmp_path / "stock") is None  # the test reproduces the hang
+    log = _signalled("vmspop", tmp_path / "vmspop")
+    assert log is not None and "Received SIGTERM, shutting down." in log
+
+
+def test_only_the_reactors_own_handlers_are_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    class Reactor(MemoryReactorClock):
+        _exitSignal = None
+
+        def sigTerm(self, number: int, frame: object = None) -> None:
+            raise AssertionError("the stock handler ran")
+
+        def sigInt(self, number: int, frame: object = None) -> None:
+            raise AssertionError("the stock handler ran")
+
+        def callFromThread(self, f: Callable[..., object], *args: object) -> None:
+            self.callLater(0, f, *args)
+
+    reactor = Reactor()
+    debugger = lambda number, frame: None  # noqa: E731
+    monkeypatch.setattr(signal, "signal", lambda number, handler: installed.__setitem__(number, handler))
+    installed = {signal.SIGTERM: reactor.sigTerm, signal.SIGINT: debugger}
+    monkeypatch.setattr(signal, "getsignal", installed.__getitem__)
+    processwide.stop_on_signals(reactor)
+    assert installed[signal.SIGINT] is debugger
+    installed[signal.SIGTERM](signal.SIGTERM, None)  # the handler: a hand-over, nothing more
+    assert not reactor.hasStopped and reactor._exitSignal is None
+    reactor.running = True
+    reactor.advance(0)
+    assert reactor.hasStopped and reactor._exitSignal == signal.SIGTERM

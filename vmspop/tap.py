@@ -14,7 +14,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from vmspop.config import SETTINGS, ConfigError, ServerConfig, Setting, load_toml
-from vmspop.processwide import keep_freed_memory, settle_garbage_collector
+from vmspop.processwide import keep_freed_memory, settle_garbage_collector, stop_on_signals
 from vmspop.server import make_service
 from vmspop.tls import TLSCertificate, TLSError
 
@@ -133,5 +133,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # twistd serves from --workers processes (default: one per core); see vmspop.workers.
     service = make_service(options.config, reactor, workers=True)
     settle_garbage_collector()
+    reactor.callWhenRunning(stop_on_signals, reactor)
     return service
 

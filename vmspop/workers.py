@@ -70,9 +70,9 @@ from zope.interface import implementer
 
 from vmspop.balance import AcceptBalance, BalancedTally
 from vmspop.config import MAX_WORKERS, ServerConfig
+from vmspop.processwide import keep_freed_memory, settle_garbage_collector
 from vmspop.server import build_service
 from vmspop.tally import SharedTally
-from vmspop.processwide import keep_freed_memory, settle_garbage_collector
 
 __all__ = ["WorkerPool", "default_workers", "make_worker_pool", "plan_listeners", "worker_main"]
 
