@@ -1,4 +1,4 @@
-"""Process-wide tuning applied by vmspop's entry points (vmspop.processwide)."""
+"""Process-wide settings applied by vmspop's entry points (vmspop.processwide)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ _CHURN = textwrap.dedent("""
 """)
 
 
-def _page_faults(mode: str, **env: str) -> int:
+def _page_faults(mode: str) -> int:
     clean = {k: v for k, v in os.environ.items() if k not in processwide._OPERATOR_SETTINGS}
     done = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True,
-                          env={**clean, "PYTHONPATH": str(REPO), **env}, timeout=60, check=True)
+                          env={**clean, "PYTHONPATH": str(REPO)}, timeout=60, check=True)
     return int(done.stdout)
 
 
