@@ -32,6 +32,7 @@ from certs import make_certificate
 from twistd import alive, free_port, start_twistd, wait_for, workers_of
 from vmspop import workers as pool_module
 from vmspop.config import ServerConfig
+from vmspop.logrelay import ToSupervisor
 from vmspop.passwd import Account, PasswordFile
 from vmspop.server import make_service
 from vmspop.store import MailStore
@@ -408,11 +409,12 @@ def test_stop_signals_every_worker_and_waits(pool: WorkerPool) -> None:
     assert done.called and len(reactor.spawned) == 2
 
 
-def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool, monkeypatch: Any) -> None:
+def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool) -> None:
     """A worker's events (even split across reads, with a traceback, with a system) read as
-    the same log lines in the supervisor's log; anything else is logged as text."""
+    the same log lines in the supervisor's log; anything else is logged as text
+    (tests/test_logrelay.py has the details)."""
     out = io.BytesIO()
-    writer = pool_module._ToSupervisor(out)
+    writer = ToSupervisor(out)
     originals: list[dict[str, Any]] = []
     log = Logger(namespace="vmspop", observer=lambda e: (originals.append(e), writer(e)))
     log.info("login: user=<{user}> rip={rip}", user="jones", rip="192.0.2.7")
@@ -433,55 +435,10 @@ def test_worker_log_events_are_relayed_unchanged(pool: WorkerPool, monkeypatch: 
     assert [formatEventAsClassicLogText(e) for e in relayed] == [
         formatEventAsClassicLogText(e) for e in originals]
     assert "ZeroDivisionError" in formatEventAsClassicLogText(relayed[1])
+    assert all(e["vmspop_worker_pid"] == 1000 for e in relayed)
     texts = [formatEvent(e) for e in pool.events]  # type: ignore[attr-defined]
     assert "worker 1 (pid=1000): not json" in texts
     assert "worker 1 (pid=1000): Fatal Python error: oops" in texts
-
-
-class Writes:
-    """A pipe stand-in that records each write, and may take only part of one."""
-
-    def __init__(self, most: int | None = None) -> None:
-        self.writes: list[bytes] = []
-        self.most = most
-
-    def write(self, data: memoryview) -> int:
-        taken = bytes(data[: self.most])
-        self.writes.append(taken)
-        return len(taken)
-
-
-def test_worker_log_lines_travel_in_batches() -> None:
-    """Lines wait up to LOG_RELAY_DELAY and leave together; a short write is completed."""
-    out = Writes(most=50)
-    writer = pool_module._ToSupervisor(out, delay=0.2)
-    log = Logger(namespace="vmspop", observer=writer)
-    for n in range(3):
-        log.info("line {n}", n=n)
-    assert out.writes == []  # nothing yet: they wait for the batch
-    for _ in range(100):
-        time.sleep(0.05)
-        if out.writes and b"line 2" in b"".join(out.writes):
-            break
-    data = b"".join(out.writes)
-    assert [json.loads(line)["x"] for line in data.splitlines()] == ["line 0", "line 1", "line 2"]
-    assert all(len(w) <= 50 for w in out.writes)
-
-
-def test_worker_log_buffer_is_bounded(monkeypatch: Any) -> None:
-    """Past LOG_RELAY_BUFFER octets waiting, the logging thread writes them itself."""
-    monkeypatch.setattr(pool_module, "LOG_RELAY_BUFFER", 300)
-    out = Writes()
-    writer = pool_module._ToSupervisor(out, delay=60.0)
-    log = Logger(namespace="vmspop", observer=writer)
-    for n in range(10):
-        log.info("a line of some length, number {n}", n=n)
-    data = b"".join(out.writes)
-    assert len(out.writes) >= 1 and len(data) > 300
-    assert writer._pending_size <= 300
-    writer.flush()
-    assert [json.loads(line)["x"][-1] for line in b"".join(out.writes).splitlines()] == \
-        [str(n) for n in range(10)]
 
 
 @pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="EPOLLEXCLUSIVE is Linux's (4.5 and later)")

@@ -20,16 +20,11 @@ supervisor (the twistd process itself) and N worker processes:
   the workers count in one shared table (:mod:`vmspop.tally`).  Failure penalties,
   the login-check limit per address, ``XTND STATS`` counters and the SMTP
   connection limit are each worker's own.
-* Logs: a worker formats each log event's text itself and writes it, with the
-  event's time, level, namespace and system, as a JSON line on its standard output;
-  the supervisor re-emits that into its own log, so worker lines reach the same place
-  (``-n``, ``--logfile``, syslog) in the same format as in one process.  Only the text
-  travels, not the event's fields: re-encoding whole events cost the supervisor
-  about 140 us per line, this about a third of that.  A worker sends its lines
-  in batches, at most :data:`LOG_RELAY_DELAY` after the event (each keeps its own
-  time): a pipe write and a supervisor wake-up per line cost the supervisor about
-  150 us a line, batched about 50.  A worker killed with SIGKILL loses the lines of
-  its last :data:`LOG_RELAY_DELAY`.
+* Logs: a worker sends its log events, as text, to the supervisor through its standard
+  output, and the supervisor re-emits them into its own log, so worker lines reach the
+  same place (``-n``, ``--logfile``, syslog) in the same format as in one process
+  (:mod:`vmspop.logrelay`).  A worker killed with SIGKILL loses the lines of its last
+  :data:`~vmspop.logrelay.LOG_RELAY_DELAY`.
 * SIGTERM (or SIGINT) to the supervisor closes its listening sockets and sends
   SIGTERM to every worker; each drains as one process does (``--shutdown-grace``),
   and the supervisor exits after the last one.  A worker still there
@@ -45,15 +40,12 @@ calling process unless asked for workers (``workers=True``).
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import os
 import select
 import signal
 import socket
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +54,7 @@ from twisted.internet import defer, endpoints, error, main
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import ILogObserver, InvalidLogLevelError, Logger, LogLevel, eventAsText
+from twisted.logger import Logger
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -70,6 +62,7 @@ from zope.interface import implementer
 
 from vmspop.balance import AcceptBalance, BalancedTally
 from vmspop.config import MAX_WORKERS, ServerConfig
+from vmspop.logrelay import Relay, ToSupervisor, split_lines
 from vmspop.processwide import keep_freed_memory, settle_garbage_collector
 from vmspop.server import build_service
 from vmspop.tally import SharedTally
@@ -87,17 +80,6 @@ STABLE_AFTER = 60.0
 #: Seconds after --shutdown-grace before the supervisor kills a worker that has not
 #: exited: its own grace period ends first, and closing the last sessions takes a moment.
 STOP_MARGIN = 10.0
-#: A worker's log line longer than this (it never writes one) is cut, so a runaway
-#: worker cannot make the supervisor buffer without bound.
-MAX_RELAYED_LINE = 1024 * 1024
-
-#: A worker's log lines reach the supervisor at most this long after their event; the
-#: lines of one such interval travel in one write (see "Logs" above).
-LOG_RELAY_DELAY = 0.02
-#: Past this many octets of lines waiting, the thread that logs writes them at once
-#: (waiting for the supervisor if it is slow), so a worker's buffer stays bounded.
-LOG_RELAY_BUFFER = 256 * 1024
-
 #: systemd's socket-activation variables: they describe the supervisor's descriptors,
 #: not a worker's (a worker gets its sockets from the supervisor instead).
 _SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -267,41 +249,24 @@ class _WorkerProcess(ProcessProtocol):
         self.number = index + 1
         self.pid = 0
         self.started = 0.0
-        self._out = b""
         self._err = b""
 
+    def connectionMade(self) -> None:
+        """Spawned: its pid is known."""
+        self.pid = self.transport.pid
+        # Structured observers can tell the workers apart; the text is unchanged.
+        self._log = Relay(self.pool.observer, {"vmspop_worker": self.number, "vmspop_worker_pid": self.pid},
+                          self._text)
+
     def outReceived(self, data: bytes) -> None:
-        """Log events, one JSON object per line."""
-        self._out = self._lines(self._out + data, self._event)
+        """Log records (:mod:`vmspop.logrelay`)."""
+        self._log.received(data)
 
     def errReceived(self, data: bytes) -> None:
         """Anything written to the real standard error (a crash before logging started)."""
-        self._err = self._lines(self._err + data, self._text)
-
-    def _lines(self, buffer: bytes, handle: Any) -> bytes:
-        *lines, rest = buffer.split(b"\n")
+        lines, self._err = split_lines(self._err + data)
         for line in lines:
-            handle(line)
-        if len(rest) > MAX_RELAYED_LINE:
-            handle(rest[:MAX_RELAYED_LINE])
-            rest = b""
-        return rest
-
-    def _event(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        try:
-            record = json.loads(line)
-            event = {"log_format": "{log_text}", "log_text": record["x"], "log_time": record["t"],
-                     "log_level": LogLevel.levelWithName(record["l"]), "log_namespace": record["n"],
-                     # Structured observers can tell the workers apart; the text is unchanged.
-                     "vmspop_worker": self.number, "vmspop_worker_pid": self.pid}
-        except (ValueError, TypeError, KeyError, InvalidLogLevelError):
             self._text(line)
-            return
-        if "s" in record:
-            event["log_system"] = record["s"]
-        self.pool.observer(event)
 
     def _text(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()
@@ -311,10 +276,10 @@ class _WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         """The worker exited (all its output has been relayed by now)."""
-        for buffer, handle in ((self._out, self._event), (self._err, self._text)):
-            if buffer:
-                handle(buffer)
-        self._out = self._err = b""
+        self._log.ended()
+        if self._err:
+            self._text(self._err)
+            self._err = b""
         self.pool.ended(self, reason)
 
 
@@ -385,7 +350,6 @@ class WorkerPool(Service):
             process, sys.executable,
             [sys.executable, "-P", "-m", "vmspop.workers", f"{index + 1}/{self.count}"],
             env=_child_environment(), childFDs=child_fds)
-        process.pid = transport.pid
         process.started = self.reactor.seconds()
         # The worker reads this first line; its standard input then stays open as long
         # as the supervisor lives.
@@ -594,69 +558,9 @@ def _read_spec() -> dict[str, Any]:
     return spec
 
 
-@implementer(ILogObserver)
-class _ToSupervisor:
-    """A worker's log observer: one JSON line per event on standard output, for
-    :class:`_WorkerProcess` to re-emit (``x``: the text with any traceback, ``t``: time,
-    ``l``: level, ``n``: namespace, ``s``: system if set).
-
-    Lines wait up to ``delay`` and go in one write; a thread of its own writes them,
-    so the reactor never waits on the pipe unless :data:`LOG_RELAY_BUFFER` is full.
-
-    Args:
-        out: where the lines go (default: the real file descriptor 1).
-        delay: how long a line may wait for others.
-    """
-
-    def __init__(self, out: Any = None, delay: float = LOG_RELAY_DELAY) -> None:
-        self._out = out if out is not None else io.FileIO(1, "w", closefd=False)
-        self._delay = delay
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._waiting = threading.Condition()
-        self._writing = threading.Lock()  # batches leave in the order they were taken
-        threading.Thread(target=self._relay, name="vmspop-log-relay", daemon=True).start()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        """Queue one event."""
-        level = event.get("log_level")
-        record = {"t": event.get("log_time"), "l": level.name if level is not None else "info",
-                  "n": event.get("log_namespace", "-"),
-                  "x": eventAsText(event, includeTimestamp=False, includeSystem=False)}
-        if "log_system" in event:
-            record["s"] = str(event["log_system"])
-        line = (json.dumps(record) + "\n").encode("ascii")  # json.dumps escapes all else
-        with self._waiting:
-            self._pending.append(line)
-            self._pending_size += len(line)
-            if len(self._pending) == 1:
-                self._waiting.notify()
-            full = self._pending_size > LOG_RELAY_BUFFER
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write every waiting line now (blocks while the supervisor does not read)."""
-        with self._writing:
-            with self._waiting:
-                data = b"".join(self._pending)
-                self._pending, self._pending_size = [], 0
-            view = memoryview(data)
-            while view:
-                view = view[self._out.write(view):]
-
-    def _relay(self) -> None:
-        while True:
-            with self._waiting:
-                while not self._pending:
-                    self._waiting.wait()
-            time.sleep(self._delay)
-            self.flush()
-
-
 def _log_to_supervisor() -> None:
     from twisted.logger import globalLogBeginner
-    observer = _ToSupervisor()
+    observer = ToSupervisor()
     atexit.register(observer.flush)  # also after an uncaught exception
     globalLogBeginner.beginLoggingTo([observer])
 
