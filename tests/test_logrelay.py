@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from twisted.logger import (
 
 from vmspop import logrelay
 from vmspop.logrelay import Relay, ToSupervisor
+from vmspop.textlog import TextLog
 
 
 class Pipe:
@@ -95,12 +94,12 @@ def text_lines() -> tuple[list[bytes], Any]:
 
 
 @pytest.mark.parametrize("published", [False, True], ids=["observer", "publisher"])
-def test_twistd_text_log_gets_the_same_lines_in_one_write_per_read(published: bool) -> None:
-    """twistd's own text file observer, alone (--logfile, or -n): the lines one process would
+def test_text_log_gets_the_same_lines_in_one_write_per_read(published: bool) -> None:
+    """A TextLog, alone (twistd vmspop with --logfile, or -n): the lines one process would
     write, each read's lines in one write."""
     events = sample_events()
     out = LogText()
-    observer = textFileLogObserver(out)
+    observer = TextLog(out, None)
     relay = Relay(LogPublisher(observer) if published else observer, {}, text_lines()[1])
     data = records(events)
     relay.received(data[:10])
@@ -108,28 +107,6 @@ def test_twistd_text_log_gets_the_same_lines_in_one_write_per_read(published: bo
     assert out.getvalue() == one_process(events)
     assert "ZeroDivisionError" in out.getvalue() and "[twisted.internet.base#debug] no system" in out.getvalue()
     assert out.writes == 1
-
-
-@pytest.mark.parametrize("where", ["--logfile", "-n"])
-def test_twistds_own_observer_takes_the_shortcut(where: str, tmp_path: Path) -> None:
-    """The observer twistd itself makes for --logfile (a rotating LogFile) and for -n
-    (standard output) is recognised: with the Twisted vmspop runs on, the shortcut applies."""
-    from twisted.scripts._twistd_unix import UnixAppLogger
-
-    log = tmp_path / "twistd.log"
-    options = {"logfile": str(log)} if where == "--logfile" else {"nodaemon": True, "logfile": ""}
-    before = signal.getsignal(signal.SIGUSR1)
-    try:
-        observer = UnixAppLogger(options)._getLogObserver()  # sets a SIGUSR1 handler
-    finally:
-        signal.signal(signal.SIGUSR1, before)
-    relay = Relay(LogPublisher(observer), {}, text_lines()[1])
-    assert relay._text_file() is observer
-    if where == "--logfile":
-        events = sample_events()
-        relay.received(records(events))
-        observer._outFile.close()
-        assert log.read_text() == one_process(events)
 
 
 def test_other_observers_get_the_events() -> None:
@@ -144,14 +121,14 @@ def test_other_observers_get_the_events() -> None:
 
 
 @pytest.mark.parametrize("observer", [
+    textFileLogObserver,
     lambda out: textFileLogObserver(out, timeFormat="%H:%M:%S.%f"),
     lambda out: FileLogObserver(out, lambda event: eventAsText(event, includeTimestamp=False) + "\n"),
-    lambda out: LogPublisher(textFileLogObserver(out), lambda event: None),
+    lambda out: LogPublisher(TextLog(out, None), lambda event: None),
     lambda out: LogPublisher(),
-], ids=["own-time-format", "own-formatter", "second-observer", "no-observer"])
-def test_observers_unlike_twistds_text_log_get_events(observer: Any) -> None:
-    """The shortcut is taken only when it writes what the observer would: otherwise
-    events, one write each, the same as in one process."""
+], ids=["twistds", "own-time-format", "own-formatter", "second-observer", "no-observer"])
+def test_other_observers_get_events(observer: Any) -> None:
+    """Anything but a TextLog alone gets events, one write each, the same as in one process."""
     events = sample_events()
     relayed, direct = LogText(), LogText()
     Relay(observer(relayed), {}, text_lines()[1]).received(records(events))
@@ -168,7 +145,7 @@ def _record(event: dict[str, Any]) -> dict[str, Any]:
 
 def test_an_observer_added_later_gets_the_next_lines_as_events() -> None:
     out = LogText()
-    publisher = LogPublisher(textFileLogObserver(out))
+    publisher = LogPublisher(TextLog(out, None))
     relay = Relay(publisher, {}, text_lines()[1])
     events = sample_events()
     relay.received(records(events[:1]))
@@ -185,7 +162,7 @@ def test_a_failed_write_is_retried_as_events() -> None:
     here it succeeds the second time, and every line is there once."""
     events = sample_events()
     out = LogText(failures=1)
-    relay = Relay(textFileLogObserver(out), {}, text_lines()[1])
+    relay = Relay(TextLog(out, None), {}, text_lines()[1])
     relay.received(records(events))
     assert out.getvalue() == one_process(events)
     relay.received(records(events[:1]))
@@ -197,7 +174,7 @@ def test_lines_that_are_not_records_are_text_in_their_place() -> None:
     records before them and before those after; a line cut at the exit comes last."""
     out = LogText()
     seen: list[bytes] = []
-    relay = Relay(textFileLogObserver(out), {}, lambda line: (seen.append(line), out.write("TEXT\n")))
+    relay = Relay(TextLog(out, None), {}, lambda line: (seen.append(line), out.write("TEXT\n")))
     events = sample_events()[:1]
     bad = [b"not json", b"[1, 2]", json.dumps({"x": "a", "n": "v", "l": "loud", "t": 1.0}).encode(),
            json.dumps({"x": 7, "n": "v", "l": "info", "t": 1.0}).encode()]
@@ -220,7 +197,7 @@ def test_a_runaway_line_is_cut() -> None:
 def test_times_read_as_twistds(when: float) -> None:
     """Whole seconds as twistd writes them, also where the fraction rounds up."""
     event = {"log_format": "x", "log_time": when, "log_namespace": "n", "log_level": LogLevel.info}
-    assert logrelay._classic_line(_record(event)) == formatEventAsClassicLogText(event)
+    assert logrelay._line(_record(event)) == formatEventAsClassicLogText(event)
 
 
 def test_worker_lines_travel_in_batches() -> None:

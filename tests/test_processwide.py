@@ -77,8 +77,12 @@ def test_twistd_tunes_the_process_it_owns(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(tap, "settle_garbage_collector", lambda: calls.append("gc"))
     options = tap.Options()
     options.parseOptions(["--mail-root", str(tmp_path), "--workers", "1", "--no-smtp"])
-    tap.makeService(options, MemoryReactorClock())
+    reactor = MemoryReactorClock()
+    tap.makeService(options, reactor)
     assert calls == ["malloc", "gc"]
+    # Once the reactor runs (twistd's log observer is in place by then): the faster text log.
+    from twisted.logger import globalLogPublisher
+    assert (tap.install_text_log, (globalLogPublisher,), {}) in reactor.whenRunningHooks
 
 
 

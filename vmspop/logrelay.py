@@ -11,32 +11,28 @@ the supervisor about 150 us a line, batched about 50.
 Supervisor side, :class:`Relay`: each record becomes a log event again for the
 supervisor's observer, so worker lines reach the same place (``-n``, ``--logfile``,
 syslog, an embedding application's observers) in the same format as in one process.
-One common case is cheaper: when that observer is twistd's own text file observer and
-nothing else (``--logfile``, or ``-n`` to standard output), the relay writes the lines
-that observer would write, all lines of one read in one write.  Re-emitting events
-cost the supervisor about 40 us a line, in bursts of a relay interval's lines, and
-those bursts delayed the worker's sessions: with one client, two workers did a third
-fewer logins a second than with the shortcut (docs/performance.md).  Whether the
-shortcut applies is checked, not assumed: the observer must write, for sample records,
-exactly the lines the relay would; anything else (another observer added, syslog,
-``--logger``, a Twisted whose format differs) gets events.
+One common case is cheaper: when that observer is a :class:`~vmspop.textlog.TextLog`
+and nothing else (``twistd vmspop`` with ``--logfile``, or ``-n`` to standard output),
+the relay writes the lines itself, all lines of one read in one write.  Re-emitting
+events had cost the supervisor about 40 us a line, in bursts of a relay interval's
+lines, and those bursts delayed the worker's sessions: with one client, p99 latency
+2.7-3.3 ms against 1.4-1.8 ms with the lines written directly (docs/performance.md).
+Any other observer (another one added, syslog, ``--logger``, an embedding
+application's) gets events.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import threading
 import time
-from functools import lru_cache
 from typing import Any, Callable
 
-from twisted.logger import (
-    FileLogObserver, ILogObserver, LogLevel, LogPublisher, eventAsText,
-    formatTime,
-)
+from twisted.logger import ILogObserver, LogLevel, LogPublisher
 from zope.interface import implementer
+
+from vmspop.textlog import TextLog, event_text, line
 
 __all__ = ["Relay", "ToSupervisor", "split_lines"]
 
@@ -79,7 +75,7 @@ class ToSupervisor:
         level = event.get("log_level")
         record = {"t": event.get("log_time"), "l": level.name if level is not None else "info",
                   "n": event.get("log_namespace", "-"),
-                  "x": eventAsText(event, includeTimestamp=False, includeSystem=False)}
+                  "x": event_text(event)}
         system = event.get("log_system")
         if system is not None:  # as twisted.logger: a system of None means "not set"
             record["s"] = str(system)
@@ -126,10 +122,10 @@ def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
 _LEVELS = frozenset(level.name for level in LogLevel.iterconstants())
 
 
-def _record(line: bytes) -> dict[str, Any] | None:
-    """The record on ``line``, or None if it is not one (of the shape ToSupervisor writes)."""
+def _record(data: bytes) -> dict[str, Any] | None:
+    """The record in ``data``, or None if it is not one (of the shape ToSupervisor writes)."""
     try:
-        record = json.loads(line)
+        record = json.loads(data)
     except ValueError:
         return None
     if (isinstance(record, dict) and isinstance(record.get("x"), str)
@@ -149,45 +145,6 @@ def _event(record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-@lru_cache(maxsize=16)
-def _second(second: int) -> str:
-    return formatTime(second)
-
-
-def _time_text(when: float | None) -> str:
-    # twistd's time format has whole seconds: one formatting per second, not per line.
-    if when is None:
-        return "-"
-    second = math.floor(when)
-    if round((when - second) * 1e6) == 1_000_000:  # as datetime, which rounds to microseconds
-        second += 1
-    return _second(second)
-
-
-def _classic_line(record: dict[str, Any]) -> str:
-    """The line twistd's text file observer writes for the event of ``record``."""
-    text = record["x"]
-    if not text:
-        return ""
-    system = record.get("s")
-    if system is None:
-        system = f"{record['n']}#{record['l']}"
-    return f"{_time_text(record.get('t'))} [{system}] {text}".replace("\n", "\n\t") + "\n"
-
-
-# What the shortcut is checked against: a line with a namespace, one with a system, a
-# traceback's continuation lines, fractions of a second (one that rounds up), no time,
-# text beyond ASCII.
-_SAMPLES = [
-    {"x": "login: user=<jones> rip=192.0.2.7", "t": 1_700_000_000.75, "l": "info", "n": "vmspop"},
-    {"x": "rounds up", "t": 1_700_000_002.9999996, "l": "debug", "n": "vmspop"},
-    {"x": "no time", "t": None, "l": "error", "n": "twisted.internet.base"},
-    {"x": "Traceback (most recent call last):\n  oops\nZeroDivisionError", "t": 1_700_000_001.0,
-     "l": "critical", "n": "vmspop", "s": "POP3Factory,3,192.0.2.7"},
-    {"x": "caf\u00e9 \u2603", "t": 86_400.999, "l": "warn", "n": "-"},
-]
-
-
 class Relay:
     """The supervisor's side of one worker's log: re-emits its records.
 
@@ -203,7 +160,6 @@ class Relay:
         self._fields = fields
         self._text = text
         self._rest = b""
-        self._checked: tuple[Any, bool] = (None, False)
 
     def received(self, data: bytes) -> None:
         """Bytes read from the worker's standard output."""
@@ -217,14 +173,14 @@ class Relay:
 
     def _emit(self, lines: list[bytes]) -> None:
         records: list[dict[str, Any]] = []
-        for line in lines:
-            if not line.strip():
+        for text in lines:
+            if not text.strip():
                 continue
-            record = _record(line)
+            record = _record(text)
             if record is None:
                 self._deliver(records)  # keep the order
                 records = []
-                self._text(line)
+                self._text(text)
             else:
                 records.append(record)
         self._deliver(records)
@@ -232,19 +188,17 @@ class Relay:
     def _deliver(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        target = self._text_file()
+        target = self._text_log()
         if target is not None:
             try:
-                _write(target, "".join(map(_classic_line, records)))
+                target.write("".join(_line(record) for record in records))
                 return
             except Exception:
                 pass  # the observer, given the events, fails (and is reported) its own way
         for record in records:
             self._observer(_event(record, self._fields))
 
-    def _text_file(self) -> FileLogObserver | None:
-        """twistd's text file observer when it is the only one and writes what the relay
-        would; otherwise None."""
+    def _text_log(self) -> TextLog | None:
         observer = self._observer
         if isinstance(observer, LogPublisher):
             # A private attribute: without it (another Twisted), events are the safe way.
@@ -252,27 +206,9 @@ class Relay:
             if not isinstance(observers, list) or len(observers) != 1:
                 return None
             observer = observers[0]
-        if type(observer) is not FileLogObserver:
-            return None
-        checked, usable = self._checked
-        if checked is not observer:
-            usable = _writes_like_the_relay(observer)
-            self._checked = (observer, usable)
-        return observer if usable else None
+        return observer if isinstance(observer, TextLog) else None
 
 
-def _writes_like_the_relay(observer: FileLogObserver) -> bool:
-    if not (hasattr(observer, "_outFile") and getattr(observer, "_encoding", "") in (None, "utf-8")):
-        return False
-    try:
-        return all(observer.formatEvent(_event(sample, {})) == _classic_line(sample)
-                   for sample in _SAMPLES)
-    except Exception:
-        return False
-
-
-def _write(observer: FileLogObserver, text: str) -> None:
-    # What FileLogObserver.__call__ does with one event's text, for a batch of lines.
-    encoding = observer._encoding
-    observer._outFile.write(text if encoding is None else text.encode(encoding))
-    observer._outFile.flush()
+def _line(record: dict[str, Any]) -> str:
+    system = record.get("s")
+    return line(record.get("t"), f"{record['n']}#{record['l']}" if system is None else system, record["x"])

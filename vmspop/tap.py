@@ -11,11 +11,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from vmspop.config import SETTINGS, ConfigError, ServerConfig, Setting, load_toml
 from vmspop.processwide import keep_freed_memory, settle_garbage_collector, stop_on_signals
 from vmspop.server import make_service
+from vmspop.textlog import install as install_text_log
 from vmspop.tls import TLSCertificate, TLSError
 
 __all__ = ["Options", "makeService"]
@@ -134,5 +136,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     service = make_service(options.config, reactor, workers=True)
     settle_garbage_collector()
     reactor.callWhenRunning(stop_on_signals, reactor)
+    # twistd begins logging after makeService; its observer is in place once the reactor runs.
+    reactor.callWhenRunning(install_text_log, globalLogPublisher)
     return service
 
