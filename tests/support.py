@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, textFileLogObserver
 
 from vmspop.config import ServerConfig
 from vmspop.events import EventLog
@@ -150,6 +151,16 @@ def counting_thread_calls(server: Server) -> list[str]:
 
     server.run_in_thread = counted
     return calls
+
+
+def twistd_writes(events: list[dict[str, Any]]) -> str:
+    """What twistd's own text file observer writes for ``events``: the reference for
+    the lines vmspop writes itself (vmspop.textlog, vmspop.logrelay)."""
+    out = io.StringIO()
+    observer = textFileLogObserver(out)
+    for event in events:
+        observer(dict(event))
+    return out.getvalue()
 
 
 def multiline_body(reply: bytes) -> list[bytes]:

@@ -18,6 +18,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from support import twistd_writes
 from vmspop import logrelay
 from vmspop.logrelay import Relay, ToSupervisor
 from vmspop.textlog import TextLog
@@ -79,15 +80,6 @@ def records(events: list[dict[str, Any]]) -> bytes:
     return b"".join(pipe.writes)
 
 
-def one_process(events: list[dict[str, Any]]) -> str:
-    """What twistd's text file observer writes for ``events`` in one process."""
-    out = io.StringIO()
-    observer = textFileLogObserver(out)
-    for event in events:
-        observer(dict(event))
-    return out.getvalue()
-
-
 def text_lines() -> tuple[list[bytes], Any]:
     seen: list[bytes] = []
     return seen, seen.append
@@ -104,7 +96,7 @@ def test_text_log_gets_the_same_lines_in_one_write_per_read(published: bool) -> 
     data = records(events)
     relay.received(data[:10])
     relay.received(data[10:])
-    assert out.getvalue() == one_process(events)
+    assert out.getvalue() == twistd_writes(events)
     assert "ZeroDivisionError" in out.getvalue() and "[twisted.internet.base#debug] no system" in out.getvalue()
     assert out.writes == 1
 
@@ -152,7 +144,7 @@ def test_an_observer_added_later_gets_the_next_lines_as_events() -> None:
     added: list[dict[str, Any]] = []
     publisher.addObserver(added.append)
     relay.received(records(events[1:]))
-    assert out.getvalue() == one_process(events)
+    assert out.getvalue() == twistd_writes(events)
     assert out.writes == 1 + len(events) - 1
     assert [e["log_text"] for e in added] == [_record(e)["x"] for e in events[1:]]
 
@@ -164,9 +156,9 @@ def test_a_failed_write_is_retried_as_events() -> None:
     out = LogText(failures=1)
     relay = Relay(TextLog(out, None), {}, text_lines()[1])
     relay.received(records(events))
-    assert out.getvalue() == one_process(events)
+    assert out.getvalue() == twistd_writes(events)
     relay.received(records(events[:1]))
-    assert out.getvalue() == one_process(events + events[:1])
+    assert out.getvalue() == twistd_writes(events + events[:1])
 
 
 def test_lines_that_are_not_records_are_text_in_their_place() -> None:
@@ -180,7 +172,7 @@ def test_lines_that_are_not_records_are_text_in_their_place() -> None:
            json.dumps({"x": 7, "n": "v", "l": "info", "t": 1.0}).encode()]
     relay.received(records(events) + b"\n".join(bad) + b"\n" + records(events) + b"\n\ncut off")
     assert seen == bad
-    line = one_process(events)
+    line = twistd_writes(events)
     assert out.getvalue() == line + "TEXT\n" * 4 + line
     relay.ended()
     assert seen[-1] == b"cut off"

@@ -19,16 +19,9 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
+from support import twistd_writes
 from vmspop.events import EventLog
 from vmspop.textlog import TextLog, install
-
-
-def twistd_writes(events: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    observer = textFileLogObserver(out)
-    for event in events:
-        observer(dict(event))
-    return out.getvalue()
 
 
 def text_log_writes(events: list[dict[str, Any]]) -> str:
