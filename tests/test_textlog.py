@@ -7,6 +7,7 @@ given the same events.
 from __future__ import annotations
 
 import io
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,46 @@ def test_failures_are_formatted_by_twisted() -> None:
              "log_level": LogLevel.error, "log_namespace": "vmspop"}
     assert text_log_writes([event]) == twistd_writes([event])
     assert "UNABLE TO OBTAIN TRACEBACK" in text_log_writes([event])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_twistd_vmspop_log_rotates_on_sigusr1(workers: int, tmp_path: Path) -> None:
+    """A real `twistd vmspop --logfile`: every line lands once, in the file that was
+    current, across a rotation (SIGUSR1), in one process and through the workers' relay."""
+    import poplib
+    import time
+
+    from twistd import connect, free_port, start_twistd, wait_for
+    from vmspop.passwd import Account, PasswordFile
+    from vmspop.store import MailStore
+
+    PasswordFile(tmp_path / "passwd").update("jones", lambda _: Account("jones", "{PLAIN}wonderland"))
+    MailStore(tmp_path / "mail").create_mailbox("jones")
+    port, log = free_port(), tmp_path / "twistd.log"
+    rotated = tmp_path / "twistd.log.1"
+
+    def session() -> None:
+        client = poplib.POP3("127.0.0.1", port, timeout=10)
+        client.user("jones")
+        client.pass_("wonderland")
+        client.quit()
+
+    process = start_twistd(tmp_path, port, logfile=str(log), workers=workers)
+    try:
+        connect(port, process).quit()
+        session()
+        wait_for(lambda: log.read_text().count("logout: user=<jones>") == 1, "the first logout line")
+        process.send_signal(signal.SIGUSR1)
+        wait_for(rotated.exists, "the rotation")
+        for _ in range(3):
+            session()
+        wait_for(lambda: log.read_text().count("logout: user=<jones>") == 3, "the new logout lines")
+        time.sleep(0.1)  # a line written twice would show by now
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    before, after = rotated.read_text(), log.read_text()
+    assert before.count("login: user=<jones>") == 1 and before.count("logout: user=<jones>") == 1
+    assert after.count("login: user=<jones>") == 3 and after.count("logout: user=<jones>") == 3
+    line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S")
+    assert all(line.match(text) for text in (before + after).splitlines() if not text.startswith("\t"))
