@@ -108,12 +108,16 @@ def test_twistds_own_observer_is_replaced(where: str, tmp_path: Path) -> None:
         signal.signal(signal.SIGUSR1, before)
     publisher = LogPublisher(twistds)
     try:
-        replacement = install(publisher)
-        assert isinstance(replacement, TextLog) and publisher._observers == [replacement]
+        restore = install(publisher)
+        assert restore is not None
+        [replacement] = publisher._observers
+        assert isinstance(replacement, TextLog)
         events = vmspop_events()
         if where == "--logfile":
             for event in events:
                 publisher(dict(event))
+        restore()
+        assert publisher._observers == [twistds]
     finally:
         if where == "--logfile":
             twistds._outFile.close()

@@ -137,6 +137,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     settle_garbage_collector()
     reactor.callWhenRunning(stop_on_signals, reactor)
     # twistd begins logging after makeService; its observer is in place once the reactor runs.
-    reactor.callWhenRunning(install_text_log, globalLogPublisher)
+    reactor.callWhenRunning(_write_text_log, reactor, globalLogPublisher)
     return service
+
+
+def _write_text_log(reactor: Any, publisher: Any) -> None:
+    """Write twistd's text log with vmspop's :class:`~vmspop.textlog.TextLog` while the
+    reactor runs.  twistd removes its own observer after the reactor has stopped, so it
+    gets it back then."""
+    restore = install_text_log(publisher)
+    if restore is not None:
+        reactor.addSystemEventTrigger("after", "shutdown", restore)
 

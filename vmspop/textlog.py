@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from twisted.logger import (
     FileLogObserver, ILogObserver, LogLevel, LogPublisher, eventAsText, formatTime,
@@ -127,9 +127,13 @@ def _samples() -> list[dict[str, Any]]:
     ]
 
 
-def install(publisher: LogPublisher) -> TextLog | None:
+def install(publisher: LogPublisher) -> Callable[[], None] | None:
     """Put a TextLog in place of ``publisher``'s only observer if that is twistd's text
-    file observer and the TextLog writes what it writes; return it, or None if not."""
+    file observer and the TextLog writes what it writes.
+
+    Returns:
+        A function that puts the observer back, or None if nothing was replaced.
+    """
     # A private attribute: without it (another Twisted), twistd's observer stays.
     observers = getattr(publisher, "_observers", None)
     if not isinstance(observers, list) or len(observers) != 1:
@@ -141,7 +145,6 @@ def install(publisher: LogPublisher) -> TextLog | None:
     out = getattr(current, "_outFile", None)
     if out is None or encoding not in (None, "utf-8"):
         return None
-    replacement = TextLog(out, encoding)
     try:
         same = all((current.formatEvent(event) or "") == line(event.get("log_time"), system(event),
                                                              event_text(event))
@@ -150,8 +153,13 @@ def install(publisher: LogPublisher) -> TextLog | None:
         same = False
     if not same:
         return None
-    # Added before the other goes: a line logged meanwhile by a thread may appear twice,
-    # never not at all.
-    publisher.addObserver(replacement)
-    publisher.removeObserver(current)
-    return replacement
+    replacement = TextLog(out, encoding)
+    _swap(publisher, current, replacement)
+    return lambda: _swap(publisher, replacement, current)
+
+
+def _swap(publisher: LogPublisher, old: Any, new: Any) -> None:
+    # The new one is added before the old goes: a line logged meanwhile by a thread may
+    # appear twice, never not at all.
+    publisher.addObserver(new)
+    publisher.removeObserver(old)
