@@ -3,7 +3,7 @@
 twistd logs through twisted.logger's text file observer, which for every line formats
 the time (time zone arithmetic and ``strftime``), the event's text (with Python's
 ``string.Formatter``) and its system.  With vmspop's two lines per POP3 session that
-was a quarter of the CPU of a login in one process (docs/performance.md).
+was about a tenth of the CPU of a login in one process (docs/performance.md).
 
 :class:`TextLog` writes the same lines with less work: the time once per second,
 vmspop's own lines (format ``{line}``, already formatted by :mod:`vmspop.events`) and
@@ -26,7 +26,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["TextLog", "event_text", "install", "line"]
+__all__ = ["TextLog", "event_system", "event_text", "install", "line"]
 
 
 def event_text(event: dict[str, Any]) -> str:
@@ -45,7 +45,7 @@ def event_text(event: dict[str, Any]) -> str:
     return eventAsText(event, includeTimestamp=False, includeSystem=False)
 
 
-def system(event: dict[str, Any]) -> str:
+def event_system(event: dict[str, Any]) -> str:
     """The bracketed part of a line: the event's system, or its namespace and level."""
     value = event.get("log_system")
     if value is None:
@@ -96,7 +96,12 @@ class TextLog:
 
     def __call__(self, event: dict[str, Any]) -> None:
         """Write one event."""
-        self.write(line(event.get("log_time"), system(event), event_text(event)))
+        self.write(self.format(event))
+
+    @staticmethod
+    def format(event: dict[str, Any]) -> str:
+        """The line for one event (``""``: nothing to write)."""
+        return line(event.get("log_time"), event_system(event), event_text(event))
 
     def write(self, text: str) -> None:
         """Write lines already formatted (the workers' relayed lines)."""
@@ -145,15 +150,13 @@ def install(publisher: LogPublisher) -> Callable[[], None] | None:
     out = getattr(current, "_outFile", None)
     if out is None or encoding not in (None, "utf-8"):
         return None
+    replacement = TextLog(out, encoding)
     try:
-        same = all((current.formatEvent(event) or "") == line(event.get("log_time"), system(event),
-                                                             event_text(event))
-                   for event in _samples())
+        same = all((current.formatEvent(event) or "") == replacement.format(event) for event in _samples())
     except Exception:
         same = False
     if not same:
         return None
-    replacement = TextLog(out, encoding)
     _swap(publisher, current, replacement)
     return lambda: _swap(publisher, replacement, current)
 
