@@ -63,8 +63,8 @@ def test_vmspop_and_twisted_lines_read_the_same() -> None:
 
 
 @given(
-    form=st.sampled_from(["{line}", "{log_text}", "plain text", "{value!r} and {{braces}}",
-                          "{missing}", "", None]),
+    form=st.sampled_from(["{line}", "{log_text}", "{value}", "plain text", "{value!r} and {{braces}}",
+                          "{missing}", "{0}", "", None]),
     text=st.text(),
     when=st.one_of(st.none(), st.floats(min_value=-2e9, max_value=4e9, allow_nan=False)),
     level=st.sampled_from([None, *LogLevel.iterconstants()]),

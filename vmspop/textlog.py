@@ -6,9 +6,9 @@ the time (time zone arithmetic and ``strftime``), the event's text (with Python'
 was about a tenth of the CPU of a login in one process (docs/performance.md).
 
 :class:`TextLog` writes the same lines with less work: the time once per second,
-vmspop's own lines (format ``{line}``, already formatted by :mod:`vmspop.events`) and
-lines without fields as they are; anything else, tracebacks included, is formatted by
-Twisted.  ``twistd vmspop`` puts one in place of twistd's observer once the reactor
+lines without fields and lines that are one text field (vmspop's own, already
+formatted by :mod:`vmspop.events`) as they are; anything else, tracebacks
+included, is formatted by Twisted.  ``twistd vmspop`` puts one in place of twistd's observer once the reactor
 runs (:func:`install`), only after checking that it writes exactly the lines the
 observer it replaces writes for a set of sample events.  Otherwise twistd's observer
 stays, and only speed differs.
@@ -31,17 +31,16 @@ __all__ = ["TextLog", "event_system", "event_text", "install", "line"]
 
 def event_text(event: dict[str, Any]) -> str:
     """An event's text with any traceback, as Twisted formats it (without time and system)."""
-    if "log_failure" not in event and "log_flattened" not in event:
-        form = event.get("log_format")
-        text = None
-        if form == "{line}":  # vmspop.events
-            text = event.get("line")
-        elif form == "{log_text}":  # vmspop.logrelay
-            text = event.get("log_text")
-        elif type(form) is str and "{" not in form and "}" not in form:
-            text = form
-        if type(text) is str:
-            return text
+    form = event.get("log_format")
+    if type(form) is str and "log_failure" not in event and "log_flattened" not in event:
+        if "{" not in form and "}" not in form:
+            return form
+        # One field that is the whole text, as vmspop.events and vmspop.logrelay log
+        # ("{line}", "{log_text}"): a str formats as itself.
+        if form[0] == "{" and form[-1] == "}" and form[1:-1].isidentifier():
+            text = event.get(form[1:-1])
+            if type(text) is str:
+                return text
     return eventAsText(event, includeTimestamp=False, includeSystem=False)
 
 
