@@ -82,7 +82,7 @@ def test_twistd_tunes_the_process_it_owns(tmp_path: Path, monkeypatch: pytest.Mo
     assert calls == ["malloc", "gc"]
     # Once the reactor runs (twistd's log observer is in place by then): the faster text log.
     from twisted.logger import globalLogPublisher
-    assert (tap._write_text_log, (reactor, globalLogPublisher), {}) in reactor.whenRunningHooks
+    assert (tap.write_text_log, (reactor, globalLogPublisher), {}) in reactor.whenRunningHooks
 
 
 def test_twistd_gets_its_log_observer_back_when_the_reactor_has_stopped() -> None:
@@ -92,11 +92,10 @@ def test_twistd_gets_its_log_observer_back_when_the_reactor_has_stopped() -> Non
     from twisted.internet.testing import MemoryReactorClock
     from twisted.logger import LogPublisher, textFileLogObserver
 
-    from vmspop import tap
     from vmspop.textlog import TextLog
     twistds = textFileLogObserver(io.StringIO())
     publisher, reactor = LogPublisher(twistds), MemoryReactorClock()
-    tap._write_text_log(reactor, publisher)
+    processwide.write_text_log(reactor, publisher)
     assert [type(o) for o in publisher._observers] == [TextLog]
     [(restore, args, kwargs)] = reactor.triggers["after"]["shutdown"]
     restore(*args, **kwargs)

@@ -1,8 +1,8 @@
 """Process-wide settings that only vmspop's own entry points apply.
 
 ``twistd vmspop`` and each worker process call these; an application that embeds
-vmspop owns its process and decides about its collector, its allocator and its
-signal handlers itself (docs/embedding.md).
+vmspop owns its process and decides about its collector, its allocator, its
+signal handlers and its log observers itself (docs/embedding.md).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from types import FrameType
 from typing import Any
 
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher
+
+from vmspop.textlog import install as install_text_log
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "is_glibc", "keep_freed_memory", "settle_garbage_collector",
-           "stop_on_signals"]
+           "stop_on_signals", "write_text_log"]
 
 _log = Logger(namespace="vmspop")
 
@@ -108,3 +110,14 @@ def stop_on_signals(reactor: Any) -> None:
                         (signal.SIGINT, getattr(reactor, "sigInt", None))):
         if own is not None and signal.getsignal(number) == own:
             signal.signal(number, handler)
+
+
+def write_text_log(reactor: Any, publisher: LogPublisher) -> None:
+    """Write twistd's text log with :class:`vmspop.textlog.TextLog` while the reactor runs.
+
+    Call once the reactor runs (twistd begins logging after ``makeService``).  twistd
+    removes its own observer after the reactor has stopped, so it gets it back then.
+    """
+    restore = install_text_log(publisher)
+    if restore is not None:
+        reactor.addSystemEventTrigger("after", "shutdown", restore)

@@ -15,9 +15,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from vmspop.config import SETTINGS, ConfigError, ServerConfig, Setting, load_toml
-from vmspop.processwide import keep_freed_memory, settle_garbage_collector, stop_on_signals
+from vmspop.processwide import keep_freed_memory, settle_garbage_collector, stop_on_signals, write_text_log
 from vmspop.server import make_service
-from vmspop.textlog import install as install_text_log
 from vmspop.tls import TLSCertificate, TLSError
 
 __all__ = ["Options", "makeService"]
@@ -137,15 +136,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     settle_garbage_collector()
     reactor.callWhenRunning(stop_on_signals, reactor)
     # twistd begins logging after makeService; its observer is in place once the reactor runs.
-    reactor.callWhenRunning(_write_text_log, reactor, globalLogPublisher)
+    reactor.callWhenRunning(write_text_log, reactor, globalLogPublisher)
     return service
-
-
-def _write_text_log(reactor: Any, publisher: Any) -> None:
-    """Write twistd's text log with vmspop's :class:`~vmspop.textlog.TextLog` while the
-    reactor runs.  twistd removes its own observer after the reactor has stopped, so it
-    gets it back then."""
-    restore = install_text_log(publisher)
-    if restore is not None:
-        reactor.addSystemEventTrigger("after", "shutdown", restore)
 
