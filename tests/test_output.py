@@ -147,6 +147,19 @@ def test_what_the_socket_does_not_take_goes_through_the_transport_in_order(link:
     assert link.received() == b"again\r\n" and link.socket.sends[-1] == b"again\r\n"
 
 
+def test_views_the_socket_does_not_take_reach_the_transport_as_bytes(link: Link) -> None:
+    """A Twisted transport refuses anything but bytes: parts that are views of a
+    message (wire.double_dots) are joined before the transport gets them."""
+    link.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    out = Output(link.transport)
+    big = bytes(range(256)) * 4096
+    view = memoryview(big)
+    out.write(b"+OK\r\n", view[:1000], b".", view[1000:], b".\r\n")
+    assert link.queued()
+    assert all(type(part) is bytes for part in link.transport._tempDataBuffer)
+    assert link.drain() == b"+OK\r\n" + big[:1000] + b"." + big[1000:] + b".\r\n"
+
+
 def test_many_parts_are_joined_into_one_send(link: Link) -> None:
     out = Output(link.transport)
     parts = [b"%d\r\n" % i for i in range(MAX_PARTS + 1)]

@@ -445,7 +445,7 @@ _dot_lines = st.lists(st.sampled_from([
 @given(_dot_lines)
 def test_double_dots_matches_split(block: bytes) -> None:
     """Stepping from dot to dot, or falling back to the split, gives the split's result."""
-    assert double_dots(block) == dots_reference(block)
+    assert b"".join(double_dots(block)) == dots_reference(block)
 
 
 @pytest.mark.parametrize("block", [
@@ -456,12 +456,31 @@ def test_double_dots_matches_split(block: bytes) -> None:
 ])
 def test_double_dots_both_ways(block: bytes) -> None:
     """The two ways of finding dot lines, and the block's edges."""
-    assert double_dots(block) == dots_reference(block)
+    assert b"".join(double_dots(block)) == dots_reference(block)
 
 
 def test_double_dots_leaves_first_line_alone() -> None:
     """The block's first line is the Stuffer's to judge (it may continue a line)."""
-    assert double_dots(b".a\r\n.b") == b".a\r\n..b"
+    assert b"".join(double_dots(b".a\r\n.b")) == b".a\r\n..b"
+
+
+def test_double_dots_parts_are_views_of_the_block() -> None:
+    """The doubled dots cost no copy of the block: the parts between them are views."""
+    block = b"a\r\n.b\r\n.c"
+    parts = double_dots(block)
+    assert parts[1::2] == [b".", b"."]
+    assert all(isinstance(p, memoryview) and p.obj is block for p in parts[::2])
+
+
+@settings(max_examples=400)
+@given(split_messages())
+def test_stuffer_parts_join_to_feed(sample: tuple[bytes, list[bytes]]) -> None:
+    """feed_parts gives, part by part, what feed gives joined."""
+    _, blocks = sample
+    by_parts, joined = Stuffer(), Stuffer()
+    for block in blocks:
+        assert b"".join(by_parts.feed_parts(block)) == joined.feed(block)
+    assert by_parts.finish() == joined.finish()
 
 
 @settings(max_examples=400)

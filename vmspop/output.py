@@ -28,7 +28,10 @@ from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
-__all__ = ["MAX_BACKLOG", "Output", "direct_socket"]
+__all__ = ["MAX_BACKLOG", "Buffer", "Output", "direct_socket"]
+
+#: What a reply is written as: bytes, or views of bytes (never of a mutable buffer).
+Buffer = bytes | memoryview
 
 #: Unsent octets beyond which the next command waits until they are sent: bounds the
 #: memory a client that does not read can make a connection hold (one message more).
@@ -71,7 +74,7 @@ class Output:
         self._under = _connection_under(transport)
         self._connection = _buffering(self._under)
         self._corks = 0
-        self._held: list[bytes] = []
+        self._held: list[Buffer] = []
         self._held_octets = 0
 
     def set_no_delay(self) -> None:
@@ -80,8 +83,9 @@ class Output:
         if self._under is not None:
             self._under.setTcpNoDelay(True)
 
-    def write(self, *parts: bytes) -> None:
-        """Send ``parts`` in order, after everything written before."""
+    def write(self, *parts: Buffer) -> None:
+        """Send ``parts`` in order, after everything written before.  Views may be
+        among them (see wire.double_dots); they must stay unchanged until sent."""
         if self._corks:
             self._held.extend(parts)
             self._held_octets += sum(map(len, parts))
@@ -127,7 +131,7 @@ class Output:
         self._transport.registerProducer(_DrainWaiter(self, self._transport, done), False)
         return done
 
-    def _send(self, parts: list[bytes]) -> None:
+    def _send(self, parts: list[Buffer]) -> None:
         if self._socket is not None and self._nothing_queued():
             try:
                 if len(parts) == 1:
@@ -144,6 +148,8 @@ class Output:
             parts = _unsent(parts, sent)
             if not parts:
                 return
+        if not all(type(part) is bytes for part in parts):
+            parts = [b"".join(parts)]  # a transport takes bytes only
         self._transport.writeSequence(parts)
 
     def _nothing_queued(self) -> bool:
@@ -156,7 +162,7 @@ def _buffered(connection: tcp.Connection) -> int:
     return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
 
 
-def _unsent(parts: list[bytes], sent: int) -> list[bytes]:
+def _unsent(parts: list[Buffer], sent: int) -> list[Buffer]:
     """What is left of ``parts`` after the first ``sent`` octets went out."""
     for i, part in enumerate(parts):
         if sent < len(part):

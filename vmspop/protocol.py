@@ -30,7 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.cached import read_if_cached
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
-from vmspop.output import MAX_BACKLOG, Output
+from vmspop.output import MAX_BACKLOG, Buffer, Output
 from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, ReadAhead, StreamStopped, Streamer
 
@@ -292,10 +292,10 @@ class VMSPOP3(pop3.POP3):
 
     # -- output -------------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, *more: Buffer) -> None:
         if self.events.trace_enabled:
             self._trace("S:", data.split(b"\r\n", 1)[0])
-        self._output.write(data)
+        self._output.write(data, *more)
 
     def _trace(self, direction: str, line: bytes) -> None:
         self.events.trace(session=self.session, direction=direction,
@@ -643,26 +643,28 @@ class VMSPOP3(pop3.POP3):
             if ahead:
                 self._read_ahead.keep(ahead, source.ahead)
             stuffer = wire.Stuffer()
-            transform = stuffer.feed
+            parts = stuffer.feed_parts
             read = source.read
             if body_lines is None:
-                self._send(wire.ok(f"{size} octets"))
+                status = wire.ok(f"{size} octets")
             else:
-                self._send(wire.ok("top of message follows"))
+                status = wire.ok("top of message follows")
                 top = wire.TopFilter(body_lines)
-                transform = lambda block: stuffer.feed(top.feed(block))  # noqa: E731
+                parts = lambda block: stuffer.feed_parts(top.feed(block))  # noqa: E731
                 # Stop reading once the requested lines are out.
                 read = lambda: defer.succeed(b"") if top.done else source.read()  # noqa: E731
-            prefix = mbox.prefix(index)
-            if prefix:
-                self._output.write(transform(prefix))
-            if source.whole is not None:
+            head = parts(mbox.prefix(index))
+            whole = source.whole
+            if whole is not None:
                 # Read whole in its first block (most mail): one write, no producer to run.
-                self._output.write(transform(source.whole), stuffer.finish())
+                self._send(status, *head, *parts(whole), stuffer.finish())
                 source.close()
-                self.resetTimeout()
+                if contents is None:
+                    self.resetTimeout()  # the disk took its time; _run reset it otherwise
                 return sent(None)
-            return self._stream(read, source.close, transform, stuffer.finish).addCallback(sent)
+            self._send(status, *head)
+            return self._stream(read, source.close, lambda block: b"".join(parts(block)),
+                                stuffer.finish).addCallback(sent)
 
         def sent(_: Any) -> None:
             if body_lines is None:

@@ -326,38 +326,46 @@ DOT_SPACING = 512
 _DOT_ALLOWANCE = 16
 
 
-def double_dots(block: bytes) -> bytes:
+def double_dots(block: bytes) -> list[bytes | memoryview]:
     """Double the "." that starts each line of ``block`` after its first.
 
     ``block`` must be CRLF-normalised (every LF is in a CRLF, so a line start is a
     position after an LF); the block's first line is the caller's (Stuffer knows
-    whether it starts a line).  A search for the two octets LF "." cannot use
-    memchr and scans at about 1 ns an octet (50 us for a 53 KB message), while
-    ``find(b".")`` does use it, and base64 holds no dots and most mail text few:
-    stepping from dot to dot is then 5x faster (benchmarks/stuffer.py).  Each dot
-    costs a Python step, though, so once dots come closer than ``DOT_SPACING``
-    octets on average, the block goes to one ``split`` on CRLF "." instead: text
-    full of dots costs about 5 % more than the split alone, and dots a little closer
-    than ``DOT_SPACING`` (the fallback comes late) up to a fifth more.
+    whether it starts a line).  The result is parts to send in order: views of
+    ``block`` with a ``b"."`` between them where a dot is doubled, so the dots cost
+    no copy of the block (a writer's ``sendmsg`` takes the parts as they are).
+
+    A search for the two octets LF "." cannot use memchr and scans at about 1 ns an
+    octet (50 us for a 53 KB message), while ``find(b".")`` does use it, and base64
+    holds no dots and most mail text few: stepping from dot to dot is then 5x faster
+    (benchmarks/stuffer.py).  Each dot costs a Python step, though, so once dots come
+    closer than ``DOT_SPACING`` octets on average, the block goes to one ``split`` on
+    CRLF "." instead: text full of dots costs about 5 % more than the split alone, and
+    dots a little closer than ``DOT_SPACING`` (the fallback comes late) up to a fifth
+    more.
     """
     find = block.find
-    pieces: list[bytes] = []
-    start = 0
+    cuts: list[int] = []
     steps = 0
     dot = find(b".", 1)
     while dot >= 0:
         if block[dot - 1] == _LF:
-            pieces.append(block[start:dot])
-            start = dot
+            cuts.append(dot)
         steps += 1
         if steps > _DOT_ALLOWANCE + dot // DOT_SPACING:
-            # Dense: start again with the split (cheaper than copying what is done).
-            return b"\r\n..".join(block.split(b"\r\n."))
+            # Dense: start again with the split (one copy, but no Python step a dot).
+            return [b"\r\n..".join(block.split(b"\r\n."))]
         dot = find(b".", dot + 1)
-    if not pieces:
-        return block
-    pieces.append(block[start:])
-    return b".".join(pieces)
+    if not cuts:
+        return [block]
+    view = memoryview(block)
+    parts: list[bytes | memoryview] = []
+    start = 0
+    for cut in cuts:
+        parts += (view[start:cut], b".")
+        start = cut
+    parts.append(view[start:])
+    return parts
 
 
 class Stuffer:
@@ -374,28 +382,35 @@ class Stuffer:
 
     def feed(self, block: bytes) -> bytes:
         """Convert the next block of the stored message."""
+        return b"".join(self.feed_parts(block))  # one part: that part itself, no copy
+
+    def feed_parts(self, block: bytes) -> list[bytes | memoryview]:
+        """Like :meth:`feed`, as parts to send in order (see :func:`double_dots`)."""
         if not block:
-            return b""
+            return []
         self._fed = True
-        head = b""
+        parts: list[bytes | memoryview] = []
         if self._state == _AFTER_CR and block[0] == _LF:
             # The CR already sent plus this LF make a CRLF: no CR to add.
-            head, block = b"\n", block[1:]
+            parts.append(b"\n")
+            block = block[1:]
             self._state = _BOL
             if not block:
-                return head
+                return parts
         # Normalise only if some LF is bare; CRLF-stored mail skips the copies.
         if b"\r" not in block:
             block = block.replace(b"\n", b"\r\n")
         elif block.count(b"\n") != block.count(b"\r\n"):
             block = block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if b"." in block:
-            block = double_dots(block)
             if self._state == _BOL and block[0] == _DOT:
-                block = b"." + block
+                parts.append(b".")
+            parts += double_dots(block)
+        else:
+            parts.append(block)
         last = block[-1]
         self._state = _BOL if last == _LF else _AFTER_CR if last == _CR else _MID
-        return head + block if head else block
+        return parts
 
     def finish(self) -> bytes:
         """Return the end of the response: the "." line, after a CRLF if needed."""
