@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import resource
 import shutil
 import socket
@@ -41,8 +42,11 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -80,6 +84,7 @@ class Params:
     # tens of seconds; measured one server after another, ratios swung by 0.2-0.3 from
     # run to run (docs/performance.md).
     slices: int = 4
+    client_processes: bool = False  # login and bulk clients: processes, not threads
 
     @classmethod
     def quick(cls) -> "Params":
@@ -95,28 +100,64 @@ class Expected:
     list_sizes: list[int]
 
 
-def client_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+@dataclass
+class ClientRun:
+    results: list[Any]    # what each client returned, in order
+    elapsed: float        # seconds from the start to the last client's end
+    server_cpu: float     # CPU seconds of the server's processes meanwhile
+    client_cpu: float     # CPU seconds of the client processes meanwhile
 
 
-def run_threads(n: int, target) -> None:
-    """Run target(i) in n threads; re-raise the first failure."""
-    errors: list[BaseException] = []
+def run_clients(server: srv.Server, n: int, seconds: float,
+                target: Callable[[int, float], Any], processes: bool = False) -> ClientRun:
+    """Run ``target(i, deadline)`` for i in range(n) for ``seconds``, in threads of this
+    process or (``processes``) each in a process of its own.  Re-raises the first failure
+    (a BadReply stays one).
 
-    def wrap(i: int) -> None:
+    Threads (the default, as in every figure of docs/performance.md) share this
+    process's GIL; processes are how real clients come.  The processes are forked, and
+    the threads started, before the clock starts, and all begin together.  Both ways
+    were measured side by side (docs/performance.md, "Method").
+    """
+    if processes:
+        ctx: Any = multiprocessing.get_context("fork")
+        go, deadline, results = ctx.Event(), ctx.Value("d", 0.0), ctx.SimpleQueue()
+        start = ctx.Process
+    else:
+        go, deadline, results = threading.Event(), SimpleNamespace(value=0.0), queue.SimpleQueue()
+        start = threading.Thread
+    who = resource.RUSAGE_SELF if processes else resource.RUSAGE_THREAD
+
+    def client(i: int) -> None:
+        go.wait()
+        r0 = resource.getrusage(who)
         try:
-            target(i)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+            out: tuple = ("ok", target(i, deadline.value))
+        except BaseException as e:  # noqa: BLE001 - reported by the parent
+            out = ("bad" if isinstance(e, BadReply) else "error", f"{type(e).__name__}: {e}")
+        r1 = resource.getrusage(who)
+        results.put((i, out, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
 
-    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    clients = [start(target=client, args=(i,), daemon=True) for i in range(n)]
+    for c in clients:
+        c.start()
+    s0 = srv.cpu_seconds(server.processes())
+    t0 = time.perf_counter()
+    deadline.value = t0 + seconds  # CLOCK_MONOTONIC: the same in every process
+    go.set()
+    done: dict[int, tuple[str, Any]] = {}
+    cpu = 0.0
+    for _ in clients:
+        i, done[i], used = results.get()
+        cpu += used
+    elapsed = time.perf_counter() - t0
+    s1 = srv.cpu_seconds(server.processes())
+    for c in clients:
+        c.join()
+    for i, (kind, value) in sorted(done.items()):
+        if kind != "ok":
+            raise (BadReply if kind == "bad" else RuntimeError)(f"client {i}: {value}")
+    return ClientRun([done[i][1] for i in range(n)], elapsed, s1 - s0, cpu)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -165,13 +206,10 @@ class Bench:
         return out
 
     def login(self, server: srv.Server, clients: int, seconds: float) -> dict[str, float]:
-        latencies: list[list[float]] = [[] for _ in range(clients)]
-        deadline = time.perf_counter() + seconds
-
-        def worker(i: int) -> None:
+        def worker(i: int, deadline: float) -> list[float]:
             box = self.c.login[i]
             count, octets = len(box.messages), box.octets
-            mine = latencies[i]
+            mine: list[float] = []
             while time.perf_counter() < deadline:
                 t = time.perf_counter()
                 conn = Conn(server.port)
@@ -179,27 +217,21 @@ class Bench:
                 conn.stat(count, octets)
                 conn.quit()
                 mine.append(time.perf_counter() - t)
+            return mine
 
-        s0, c0 = srv.cpu_seconds(server.processes()), client_cpu()
-        t0 = time.perf_counter()
-        run_threads(clients, worker)
-        elapsed = time.perf_counter() - t0
-        s1, c1 = srv.cpu_seconds(server.processes()), client_cpu()
-        every = [x for mine in latencies for x in mine]
-        return {f"login{clients}_rate": len(every) / elapsed,
+        run = run_clients(server, clients, seconds, worker, self.p.client_processes)
+        every = [x for mine in run.results for x in mine]
+        return {f"login{clients}_rate": len(every) / run.elapsed,
                 f"login{clients}_p99": quantile(every, 0.99) * 1000,
-                f"login{clients}_server_cpu": (s1 - s0) / elapsed,
-                f"login{clients}_client_cpu": (c1 - c0) / elapsed}
+                f"login{clients}_server_cpu": run.server_cpu / run.elapsed,
+                f"login{clients}_client_cpu": run.client_cpu / run.elapsed}
 
     def bulk(self, server: srv.Server, seconds: float) -> dict[str, float]:
-        clients = self.p.bulk_clients
-        done = [[0, 0] for _ in range(clients)]
         sizes, bodies = self.e.bulk_sizes, self.e.bulk
-        deadline = time.perf_counter() + seconds
 
-        def worker(i: int) -> None:
+        def worker(i: int, deadline: float) -> tuple[int, int]:
             box = self.c.bulk[i]
-            mine = done[i]
+            messages = octets = 0
             while time.perf_counter() < deadline:
                 conn = Conn(server.port)
                 conn.login(box.user, box.password)
@@ -209,19 +241,17 @@ class Bench:
                     if time.perf_counter() >= deadline:
                         break
                     conn.retr(n + 1, size, body)
-                    mine[0] += 1
-                    mine[1] += size
+                    messages += 1
+                    octets += size
                 conn.quit()
+            return messages, octets
 
-        s0, c0 = srv.cpu_seconds(server.processes()), client_cpu()
-        t0 = time.perf_counter()
-        run_threads(clients, worker)
-        elapsed = time.perf_counter() - t0
-        s1, c1 = srv.cpu_seconds(server.processes()), client_cpu()
-        messages = sum(d[0] for d in done)
-        octets = sum(d[1] for d in done)
-        return {"bulk_mbps": octets / elapsed / 1e6, "bulk_msgs": messages / elapsed,
-                "bulk_server_cpu": (s1 - s0) / elapsed, "bulk_client_cpu": (c1 - c0) / elapsed}
+        run = run_clients(server, self.p.bulk_clients, seconds, worker, self.p.client_processes)
+        messages = sum(d[0] for d in run.results)
+        octets = sum(d[1] for d in run.results)
+        return {"bulk_mbps": octets / run.elapsed / 1e6, "bulk_msgs": messages / run.elapsed,
+                "bulk_server_cpu": run.server_cpu / run.elapsed,
+                "bulk_client_cpu": run.client_cpu / run.elapsed}
 
     def big(self, server: srv.Server, repeat: int = 3) -> dict[str, float]:
         """``repeat`` RETRs of the big message in one session; the median counts."""
@@ -689,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
                              "for other processes to leave the CPUs idle [120]")
     parser.add_argument("--lag-without-list", action="store_true",
                         help="loop lag: no session on the 100,000-message folder (to separate causes)")
+    parser.add_argument("--client-processes", action="store_true",
+                        help="run the login and bulk clients as processes, one a session, instead of "
+                             "threads of one process (see docs/performance.md, Method)")
     parser.add_argument("--profile", action="store_true",
                         help="afterwards, profile vmspop with py-spy in the scenarios run (bulk, login-16, "
                              "list-warm, big, loop lag) and print the top functions (needs py-spy in the venv)")
@@ -698,11 +731,13 @@ def main(argv: list[str] | None = None) -> int:
         params.runs = args.runs
     params.lag_list = not args.lag_without_list
     params.quiet_wait = args.quiet_wait
+    params.client_processes = args.client_processes
     wanted = set(args.servers.split(","))
     scenarios = set(args.scenarios.split(","))
     started = time.monotonic()
 
     info = machine()
+    info["clients"] = "processes" if params.client_processes else "threads"
     stamp = source_stamp()
     note("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     work = Path(tempfile.mkdtemp(prefix="vmspop-bench-"))
