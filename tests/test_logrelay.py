@@ -192,6 +192,26 @@ def test_times_read_as_twistds(when: float) -> None:
     assert logrelay._line(_record(event)) == formatEventAsClassicLogText(event)
 
 
+@given(text=st.text(), namespace=st.text() | st.integers(), system=st.none() | st.text() | st.integers(),
+       when=st.none() | st.floats() | st.integers(min_value=-2**40, max_value=2**40))
+def test_any_event_reaches_the_supervisor_as_one_record(text: str, namespace: Any, system: Any,
+                                                        when: Any) -> None:
+    """Whatever the text (quotes, control characters, lone surrogates), the line is one
+    JSON record the supervisor accepts; a time that is not a finite number travels as
+    null, and a namespace or system that is not text as its str()."""
+    event = {"log_format": "{t}", "t": text, "log_level": LogLevel.warn, "log_namespace": namespace,
+             "log_system": system, "log_time": when}
+    line = records([event])
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    record = logrelay._record(line)
+    assert record is not None
+    finite = when is not None and when == when and abs(when) != float("inf")
+    expected = {"t": when if finite else None, "l": "warn", "n": str(namespace), "x": text}
+    if system is not None:
+        expected["s"] = str(system)
+    assert record == expected
+
+
 def test_worker_lines_travel_in_batches() -> None:
     """Lines wait up to the relay delay and leave together; a short write is completed."""
     out = Pipe(most=50)

