@@ -111,8 +111,6 @@ class ToSupervisor:
             self.flush()
 
 
-# -- the supervisor ---------------------------------------------------------------------
-
 def _string(value: Any) -> str:
     """``value`` as a JSON string, escaped to ASCII as json.dumps does."""
     return encode_basestring_ascii(value if type(value) is str else str(value))
@@ -124,6 +122,8 @@ def _number(value: Any) -> str:
         return repr(value)
     return "null"
 
+
+# -- the supervisor ---------------------------------------------------------------------
 
 def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
     """The complete lines in ``buffer``, and the rest (cut at :data:`MAX_RELAYED_LINE`)."""

@@ -130,8 +130,8 @@ def _digest(key: str) -> bytes:
 
 
 class _Locked:
-    """The tally's lock, held in a ``with`` block (a class, not a generator: a worker
-    takes it twice a session, and ``contextlib.contextmanager`` tripled its cost)."""
+    """The tally's lock, for ``with`` blocks (a class, not a generator: a worker takes
+    it twice a session, and ``contextlib.contextmanager`` tripled its cost)."""
 
     __slots__ = ("fd",)
 
@@ -161,6 +161,7 @@ class SharedTally:
 
     def __init__(self, fd: int, worker: int | None = None) -> None:
         self.fd = fd
+        self._lock = _Locked(fd)
         self._map = mmap.mmap(fd, os.fstat(fd).st_size)
         magic, self.workers, self.slots = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC:
@@ -196,9 +197,6 @@ class SharedTally:
         """Unmap the table and close the descriptor."""
         self._map.close()
         os.close(self.fd)
-
-    def _locked(self) -> _Locked:
-        return _Locked(self.fd)
 
     # -- the table ----------------------------------------------------------------------
 
@@ -279,7 +277,7 @@ class SharedTally:
 
     def add(self, key: str | None, max_total: int, max_per_key: int) -> str | None:
         """See :meth:`SessionTally.add`."""
-        with self._locked():
+        with self._lock:
             if self._total() >= max_total:
                 return REFUSED_TOTAL
             if key is not None:
@@ -291,7 +289,7 @@ class SharedTally:
 
     def rekey(self, old: str | None, new: str | None, max_per_key: int) -> str | None:
         """See :meth:`SessionTally.rekey`."""
-        with self._locked():
+        with self._lock:
             if new is not None:
                 refused = self._claim(new, max_per_key)
                 if refused is not None:
@@ -301,7 +299,7 @@ class SharedTally:
 
     def remove(self, key: str | None) -> None:
         """See :meth:`SessionTally.remove`."""
-        with self._locked():
+        with self._lock:
             self._bump(self._totals_at, -1)
             self._drop(key)
 
@@ -310,12 +308,12 @@ class SharedTally:
 
     def total(self) -> int:
         """See :meth:`SessionTally.total`."""
-        with self._locked():
+        with self._lock:
             return self._total()
 
     def per_key(self, key: str) -> int:
         """See :meth:`SessionTally.per_key`."""
-        with self._locked():
+        with self._lock:
             index, found = self._find(_digest(key))
             return self._sum(index) if found else 0
 
@@ -341,7 +339,7 @@ class SharedTally:
     def forget(self, worker: int) -> None:
         """Zero the counts of a worker that has died (its connections died with it), and
         mark it as not listening."""
-        with self._locked():
+        with self._lock:
             totals = list(self._counts.unpack_from(self._map, self._totals_at))
             totals[worker] = 0
             self._counts.pack_into(self._map, self._totals_at, *totals)
