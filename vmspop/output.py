@@ -28,10 +28,9 @@ from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
-__all__ = ["MAX_BACKLOG", "Buffer", "Output", "direct_socket"]
+from vmspop.wire import Buffer
 
-#: What a reply is written as: bytes, or views of bytes (never of a mutable buffer).
-Buffer = bytes | memoryview
+__all__ = ["MAX_BACKLOG", "Output", "direct_socket"]
 
 #: Unsent octets beyond which the next command waits until they are sent: bounds the
 #: memory a client that does not read can make a connection hold (one message more).

@@ -30,7 +30,7 @@ from vmspop import sasl, state, wire
 from vmspop.auth import APOPCredentials, LoginAttempts, LoginRefused, refusal_reply
 from vmspop.cached import read_if_cached
 from vmspop.mailbox import BadMessageNumber, UpdateIncomplete, UpdateResult, VMSMailbox
-from vmspop.output import MAX_BACKLOG, Buffer, Output
+from vmspop.output import MAX_BACKLOG, Output
 from vmspop.pipeline import LineQueue
 from vmspop.transfer import FileSource, IterSource, ReadAhead, StreamStopped, Streamer
 
@@ -292,7 +292,7 @@ class VMSPOP3(pop3.POP3):
 
     # -- output -------------------------------------------------------------------------
 
-    def _send(self, data: bytes, *more: Buffer) -> None:
+    def _send(self, data: bytes, *more: wire.Buffer) -> None:
         if self.events.trace_enabled:
             self._trace("S:", data.split(b"\r\n", 1)[0])
         self._output.write(data, *more)

@@ -319,6 +319,10 @@ def sasl_challenge(data: bytes) -> bytes:
 _BOL, _AFTER_CR, _MID = 0, 1, 2
 
 
+#: What a reply is written as: bytes, or views of bytes (never of a mutable buffer).
+Buffer = bytes | memoryview
+
+
 #: Dots are looked for one by one while they are rarer than one in this many octets,
 #: and past that with one C-level split (see double_dots).
 DOT_SPACING = 512
@@ -326,7 +330,7 @@ DOT_SPACING = 512
 _DOT_ALLOWANCE = 16
 
 
-def double_dots(block: bytes) -> list[bytes | memoryview]:
+def double_dots(block: bytes) -> list[Buffer]:
     """Double the "." that starts each line of ``block`` after its first.
 
     ``block`` must be CRLF-normalised (every LF is in a CRLF, so a line start is a
@@ -359,7 +363,7 @@ def double_dots(block: bytes) -> list[bytes | memoryview]:
     if not cuts:
         return [block]
     view = memoryview(block)
-    parts: list[bytes | memoryview] = []
+    parts: list[Buffer] = []
     start = 0
     for cut in cuts:
         parts += (view[start:cut], b".")
@@ -384,12 +388,12 @@ class Stuffer:
         """Convert the next block of the stored message."""
         return b"".join(self.feed_parts(block))  # one part: that part itself, no copy
 
-    def feed_parts(self, block: bytes) -> list[bytes | memoryview]:
+    def feed_parts(self, block: bytes) -> list[Buffer]:
         """Like :meth:`feed`, as parts to send in order (see :func:`double_dots`)."""
         if not block:
             return []
         self._fed = True
-        parts: list[bytes | memoryview] = []
+        parts: list[Buffer] = []
         if self._state == _AFTER_CR and block[0] == _LF:
             # The CR already sent plus this LF make a CRLF: no CR to add.
             parts.append(b"\n")
