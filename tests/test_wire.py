@@ -25,6 +25,7 @@ from vmspop.wire import (
     multiline,
     ok,
     parse_command,
+    to_crlf,
     wire_size,
 )
 
@@ -428,6 +429,23 @@ def test_stuffer_byte_at_a_time() -> None:
     """One-byte blocks give the same output as one block."""
     data = b".a\r\r\n.\n\r.\r\n..\nx\r"
     assert stuff([data[i : i + 1] for i in range(len(data))]) == stuff([data])
+
+
+def test_to_crlf_examples() -> None:
+    """Bare LFs gain a CR, CRLFs and lone CRs stay, in LF, CRLF and mixed blocks."""
+    assert to_crlf(b"a\nb\n") == b"a\r\nb\r\n"
+    assert to_crlf(b"a\r\nb\r\n") == b"a\r\nb\r\n"
+    assert to_crlf(b"a\r\nb\n\rc\r\r\n") == b"a\r\nb\r\n\rc\r\r\n"
+    assert to_crlf(b"") == b""
+
+
+@given(st.binary())
+def test_to_crlf_ends_every_line_with_crlf_and_keeps_the_rest(data: bytes) -> None:
+    """Every LF ends up in a CRLF; taking the CRs of the CRLFs away gives the input
+    with the same done to it (nothing else changed, nothing added)."""
+    out = to_crlf(data)
+    assert out.count(b"\n") == out.count(b"\r\n") == data.count(b"\n")
+    assert out.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")
 
 
 def dots_reference(block: bytes) -> bytes:
