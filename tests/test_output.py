@@ -105,6 +105,27 @@ def test_a_write_leaves_at_once(link: Link) -> None:
     assert link.socket.sends == [b"+OK ready\r\n", b"+OK 3 octets\r\nabc\r\n.\r\n"]  # one sendmsg
 
 
+def test_end_now_sends_the_end_at_once_when_every_reply_is_out(link: Link) -> None:
+    out = Output(link.transport)
+    out.write(b"+OK bye\r\n")
+    out.end_now()
+    assert link.received() == b"+OK bye\r\n"
+    assert link.peer.recv(1) == b""  # the end, before any reactor turn
+
+
+def test_end_now_waits_for_replies_held_or_queued(link: Link) -> None:
+    out = Output(link.transport)
+    out.cork()
+    out.write(b"+OK held\r\n")
+    out.end_now()
+    link.transport.write(b"+OK queued\r\n")  # the transport holds it until the reactor's turn
+    out.end_now()
+    assert link.received() == b""
+    with pytest.raises(BlockingIOError):
+        link.peer.recv(1)  # neither data nor the end yet
+    assert link.drain() == b"+OK queued\r\n"
+
+
 def test_corked_writes_leave_together_at_the_outermost_uncork(link: Link) -> None:
     out = Output(link.transport)
     out.cork()

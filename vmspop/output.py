@@ -108,6 +108,16 @@ class Output:
             parts, self._held, self._held_octets = self._held, [], 0
             self._send(parts)
 
+    def end_now(self) -> None:
+        """Send the end of the stream (FIN) at once if every reply is out, instead of at
+        the reactor's next turn: the client then need not wait for the session's log
+        lines, which are written in between.  The transport still closes as usual."""
+        if self._socket is not None and not self._held and self._nothing_queued():
+            try:
+                self._socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # gone already: the transport learns of it in its own way
+
     def through_transport(self) -> None:
         """From now on write only through the transport (STLS: it encrypts from here)."""
         self.flush()

@@ -307,6 +307,7 @@ class VMSPOP3(pop3.POP3):
         # client that reconnects on seeing it must find the session's slot free.
         self.factory.release(self)
         self._output.flush()
+        self._output.end_now()
         self.transport.loseConnection()
 
     def _stream(self, read: Any, close: Any, transform: Any, finish: Any) -> defer.Deferred:
