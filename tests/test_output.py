@@ -126,6 +126,24 @@ def test_end_now_waits_for_replies_held_or_queued(link: Link) -> None:
     assert link.drain() == b"+OK queued\r\n"
 
 
+class _IdleProducer:
+    """A pull producer with nothing to give yet (a transfer between two blocks)."""
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def test_end_now_leaves_the_end_to_a_transfer_that_still_writes(link: Link) -> None:
+    out = Output(link.transport)
+    link.transport.registerProducer(_IdleProducer(), False)
+    out.end_now()
+    with pytest.raises(BlockingIOError):
+        link.peer.recv(1)  # not ended: the producer may write more
+
+
 def test_corked_writes_leave_together_at_the_outermost_uncork(link: Link) -> None:
     out = Output(link.transport)
     out.cork()

@@ -111,8 +111,10 @@ class Output:
     def end_now(self) -> None:
         """Send the end of the stream (FIN) at once if every reply is out, instead of at
         the reactor's next turn: the client then need not wait for the session's log
-        lines, which are written in between.  The transport still closes as usual."""
-        if self._socket is not None and not self._held and self._nothing_queued():
+        lines, which are written in between.  The transport still closes as usual, and
+        not before a transfer (a producer) that still writes has ended."""
+        if (self._socket is not None and not self._held and self._nothing_queued()
+                and self._transport.producer is None):
             try:
                 self._socket.shutdown(socket.SHUT_WR)
             except OSError:
