@@ -89,7 +89,7 @@ class Output:
             self._held.extend(parts)
             self._held_octets += sum(map(len, parts))
         else:
-            self._send(list(parts))
+            self._send(list(parts), sum(map(len, parts)))
 
     def cork(self) -> None:
         """Hold what is written until the matching :meth:`uncork` (a batch of replies)."""
@@ -105,8 +105,9 @@ class Output:
         """Send what is held now.  Call it before anything else reaches the transport
         (a producer's writes, a close) so that the order holds."""
         if self._held:
-            parts, self._held, self._held_octets = self._held, [], 0
-            self._send(parts)
+            parts, octets = self._held, self._held_octets
+            self._held, self._held_octets = [], 0
+            self._send(parts, octets)
 
     def end_now(self) -> None:
         """Send the end of the stream (FIN) at once if every reply is out, instead of at
@@ -142,7 +143,7 @@ class Output:
         self._transport.registerProducer(_DrainWaiter(self, self._transport, done), False)
         return done
 
-    def _send(self, parts: list[Buffer]) -> None:
+    def _send(self, parts: list[Buffer], octets: int) -> None:
         if self._socket is not None and self._nothing_queued():
             try:
                 if len(parts) == 1:
@@ -156,9 +157,9 @@ class Output:
                 # Full (EAGAIN) or broken: the transport takes it all, and on a broken
                 # connection meets the same error at the reactor's next turn.
                 sent = 0
+            if sent == octets:
+                return  # the usual case: no need to find where the socket stopped
             parts = _unsent(parts, sent)
-            if not parts:
-                return
         if not all(type(part) is bytes for part in parts):
             parts = [b"".join(parts)]  # a transport takes bytes only
         self._transport.writeSequence(parts)
