@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmspop import wire
 from vmspop.wire import (
     GRAMMAR,
     MAX_COMMAND_LINE,
+    MAX_KEPT_COMMANDS,
     MAX_REPLY_LINE,
     Command,
     DOT_SPACING,
@@ -24,6 +26,7 @@ from vmspop.wire import (
     err,
     multiline,
     ok,
+    ok_octets,
     parse_command,
     to_crlf,
     wire_size,
@@ -300,6 +303,30 @@ def test_parse_max_word_and_number() -> None:
     """A 40-octet word and a 10-digit number are the accepted maxima."""
     assert parse_command(b"USER " + b"a" * 40).args == (b"a" * 40,)
     assert parse_command(b"RETR 0000000001").args == (1,)
+
+
+def test_parse_keeps_only_lines_without_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines with numbers only are parsed once and kept; a user name or a password is
+    never kept, a bad line still fails each time, and the table stays bounded."""
+    monkeypatch.setattr(wire, "_parsed", {})
+    lines = [b"RETR 7", b"TOP 1 10", b"STAT", b"USER jones", b"PASS secret", b"AUTH PLAIN",
+             b"APOP jones c4c9334bac560ecc979e58001b3e22fb", b"XTND STATS"]
+    first = [parse_command(line) for line in lines]
+    assert [parse_command(line) for line in lines] == first
+    assert set(wire._parsed) == {b"RETR 7", b"TOP 1 10", b"STAT"}
+    for _ in range(2):
+        with pytest.raises(CommandError):
+            parse_command(b"RETR x")
+    assert parse_command(b"RETR 7", {"RETR": ("word",)}) == Command("RETR", (b"7",))
+    for n in range(MAX_KEPT_COMMANDS + 10):
+        assert parse_command(b"DELE %d" % (n + 1)) == Command("DELE", (n + 1,))
+    assert 0 < len(wire._parsed) <= MAX_KEPT_COMMANDS
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_ok_octets_is_ok(size: int) -> None:
+    """RETR's status line, built directly, is what ok() builds."""
+    assert ok_octets(size) == ok(f"{size} octets")
 
 
 @settings(max_examples=300)
