@@ -110,6 +110,7 @@ def test_head_and_uid_cache(tmp_path: Path) -> None:
     first = [listing.uid(i) for i in range(5)]
     assert first == [m.uid for m in listing]
     assert [listing.uid(i) for i in range(5)] == first  # from the cache this time
+    assert [listing.raw_path(i) for i in range(5)] == [os.fsencode(m.path) for m in listing]
     head = listing.head(2)
     assert len(head) == 2 and [m.base for m in head] == [m.base for m in listing[:2]]
     assert head.total_wire == 4 and listing.head(0) is listing and listing.head(9) is listing

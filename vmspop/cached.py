@@ -139,10 +139,11 @@ def stat_cached(path: str | bytes | os.PathLike[str], *, follow_symlinks: bool =
         os.close(fd)
 
 
-def read_if_cached(path: str | bytes | os.PathLike[str], limit: int) -> bytes | None:
+def read_if_cached(path: str | bytes | os.PathLike[str], limit: int) -> bytearray | None:
     """The whole file, if it holds at most ``limit`` octets and the kernel has its path
     and all its data in memory; otherwise, and on any error, None (the pool's read meets
-    the error again and reports it)."""
+    the error again and reports it).  A bytearray, which the caller owns: making bytes
+    of it would copy the message once more."""
     if not available():
         return None
     fd = _openat2(os.fsencode(path), os.O_RDONLY)
@@ -156,7 +157,7 @@ def read_if_cached(path: str | bytes | os.PathLike[str], limit: int) -> bytes | 
         # A short read is data partly in memory: the rest would need the disk.
         if size and os.preadv(fd, [data], 0, os.RWF_NOWAIT) != size:
             return None
-        return bytes(data)
+        return data
     except OSError:  # EAGAIN: not all in the page cache; EOPNOTSUPP: not on this file system
         return None
     finally:

@@ -105,7 +105,11 @@ class Listing(Sequence[StoredMessage]):
 
     def path(self, index: int) -> str:
         """The full path of message ``index``'s file."""
-        return os.fsdecode(self._folder + self.name(index))
+        return os.fsdecode(self.raw_path(index))
+
+    def raw_path(self, index: int) -> bytes:
+        """:meth:`path` as the file system has it (what os calls take without a conversion)."""
+        return self._folder + self.name(index)
 
     def uid(self, index: int) -> str:
         """The UIDL of message ``index`` (computed once, then kept with the listing)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -627,7 +628,8 @@ class VMSPOP3(pop3.POP3):
         assert mbox is not None
         index = number - 1
         mbox.check(index)
-        path, size = mbox.messages.path(index), mbox.size_at(index)
+        # As bytes: the os calls take it so without converting it (a RETR's cost counts).
+        path, size = mbox.messages.raw_path(index), mbox.size_at(index)
         contents = self._read_ahead.take(mbox, index)
         if contents is None and mbox.messages.local:
             # In memory already (most recent mail is): no hand-over to the pool.
@@ -638,7 +640,7 @@ class VMSPOP3(pop3.POP3):
         else:
             ahead = self._read_ahead.along(mbox, index)
             source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
-                                [mbox.messages.path(i) for i in ahead])
+                                [mbox.messages.raw_path(i) for i in ahead])
 
         def opened(_: Any) -> defer.Deferred | None:
             if ahead:
@@ -647,7 +649,7 @@ class VMSPOP3(pop3.POP3):
             parts = stuffer.feed_parts
             read = source.read
             if body_lines is None:
-                status = wire.ok(f"{size} octets")
+                status = wire.ok_octets(size)
             else:
                 status = wire.ok("top of message follows")
                 top = wire.TopFilter(body_lines)
@@ -679,7 +681,8 @@ class VMSPOP3(pop3.POP3):
         def unreadable(failure: Failure) -> None:
             failure.trap(OSError)
             self.events.error("message {path} of user=<{user}> cannot be read: {why}",
-                              path=path, user=mbox.user, why=str(failure.value))
+                              path=os.fsdecode(path), user=mbox.user,
+                              why=failure.value.strerror or str(failure.value))
             self._send(wire.err(f"message {number} is no longer available", "SYS/TEMP"))
 
         if contents is not None:

@@ -61,8 +61,8 @@ class FileSource:
         ahead: files to read along, when this one fits in a block.
     """
 
-    def __init__(self, path: str, run_in_thread: ThreadRunner, block_size: int = BLOCK_SIZE,
-                 ahead: Sequence[str] = ()) -> None:
+    def __init__(self, path: str | bytes, run_in_thread: ThreadRunner, block_size: int = BLOCK_SIZE,
+                 ahead: Sequence[str | bytes] = ()) -> None:
         self.path = path
         self._run = run_in_thread
         self._block_size = block_size
@@ -74,7 +74,7 @@ class FileSource:
         self.ahead: list[bytes | None] = []
 
     @classmethod
-    def holding(cls, path: str, contents: bytes) -> FileSource:
+    def holding(cls, path: str | bytes, contents: bytes) -> FileSource:
         """A source for a file already read (ahead): :meth:`open` needs no thread."""
         source = cls(path, _no_thread)
         source._first = contents
@@ -101,7 +101,7 @@ class FileSource:
             return fd, block, []
         return None, block, [self._read_small(path) for path in self._ahead_paths]
 
-    def _read_small(self, path: str) -> bytes | None:
+    def _read_small(self, path: str | bytes) -> bytes | None:
         # Any trouble is left for the request of that message to meet and report.
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -190,8 +190,9 @@ class ReadAhead:
     def take(self, mbox: VMSMailbox, index: int) -> bytes | None:
         """A request for message ``index``: its contents if they were read ahead, else
         None (then :meth:`along` tells what to read with it, if it is read from disk)."""
-        in_order = self._last is not None and index == mbox.next_live(self._last)
-        self._last = index
+        last, self._last = self._last, index
+        # index is live (the session checked it), so last + 1 is the next live one.
+        in_order = last is not None and (index == last + 1 or index == mbox.next_live(last))
         contents = self._held.pop(index, None)
         if contents is not None:
             return contents
