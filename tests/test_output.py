@@ -19,9 +19,14 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from tests.live import start
-from tests.support import CapturedLog, Server
+from tests.support import CapturedLog, Server, counting_thread_calls
+from vmspop import cached
 from vmspop.events import EventLog
 from vmspop.output import MAX_BACKLOG, MAX_PARTS, Output, direct_socket
+
+
+needs_openat2 = pytest.mark.skipif(not cached.available(),
+                                   reason="openat2 with RESOLVE_CACHED is not available here")
 
 
 class Recording:
@@ -277,6 +282,57 @@ def test_backlog_counts_what_is_held_and_what_the_transport_holds(link: Link) ->
     link.drain()
     assert out.backlog() == 0
     assert Output(StringTransport()).backlog() == 0  # a transport that cannot tell
+
+
+def test_room_is_what_the_socket_would_take_now(link: Link) -> None:
+    """About half the send buffer, less what is held or unsent; 0 once the transport queues."""
+    link.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    out = Output(link.transport)
+    room = out.room()
+    assert 0 < room <= link.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+    out.cork()
+    out.write(b"x" * 1000)
+    assert out.room() == room - 1000  # what is held leaves first
+    out.uncork()
+    link.received()
+    assert 0 < out.room() <= room  # the peer's acknowledgement may still be on its way
+    out.write(b"y" * (8 << 20))  # more than the socket takes: the transport queues the rest
+    assert link.queued() and out.room() == 0
+    link.drain()
+    assert Output(StringTransport()).room() == 0  # writes that go through the transport
+
+
+@needs_openat2
+@pytest.mark.parametrize("buffer, whole", [(1 << 20, True), (4096, False)])
+def test_a_retr_larger_than_a_block_goes_whole_when_the_socket_takes_it(
+        tmp_path: Path, buffer: int, whole: bool) -> None:
+    """A message in memory, over a block and under the whole-read limit, is read and sent
+    whole on the reactor thread if the socket has room for it; otherwise it is streamed
+    in blocks through the pool.  The client gets the same octets either way."""
+    server = Server(tmp_path)
+    server.add_user("jones")
+    server.factory.block_size = 4096
+    server.factory.whole_read_limit = 64 * 1024
+    body = b"".join(b".line %05d\n" % i for i in range(2500))  # 30 KB, every line dot-stuffed
+    server.deliver("jones", b"Subject: big\n\n" + body)
+    calls = counting_thread_calls(server)
+    link = Link(server.factory.buildProtocol(("127.0.0.1", 1)))
+    link.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+    link.received()
+    proto = link.transport.protocol
+    proto.dataReceived(b"USER jones\r\nPASS wonderland\r\n")
+    link.received()
+    del calls[:]
+    proto.dataReceived(b"RETR 1\r\n")
+    reply = link.drain()
+    while proto._streamer is not None:  # a stream waits for the reactor to resume it
+        link.transport.producer.resumeProducing()
+        reply += link.drain()
+    stored = b"Subject: big\n\n" + body
+    wire = stored.replace(b"\n", b"\r\n")
+    assert reply == (b"+OK %d octets\r\n" % len(wire) + wire.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+    assert (calls == []) == whole
+    link.close()
 
 
 def test_a_client_that_does_not_read_holds_one_backlog_of_replies(tmp_path: Path) -> None:

@@ -21,7 +21,10 @@ transport's own path.  tests/test_output.py pins the behaviour on the installed 
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from typing import Any
 
 from twisted.internet import defer, tcp
@@ -38,6 +41,9 @@ MAX_BACKLOG = 256 * 1024
 
 #: Parts given to one sendmsg(); more are joined first (Linux takes at most 1024).
 MAX_PARTS = 64
+
+# The ioctl that tells the octets a socket holds unsent (SIOCOUTQ is TIOCOUTQ on Linux).
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 _BUFFER_NAMES = ("dataBuffer", "offset", "_tempDataLen", "TLS", "connected", "disconnecting")
 
@@ -120,6 +126,20 @@ class Output:
                 self._socket.shutdown(socket.SHUT_WR)
             except OSError:
                 pass  # gone already: the transport learns of it in its own way
+
+    def room(self) -> int:
+        """About how many octets the socket would take at once now: half its send buffer
+        (the kernel counts its bookkeeping in it), less what it and this output hold
+        unsent.  0 when writes go through the transport (TLS, another transport, data
+        queued there) or the system cannot tell."""
+        if self._socket is None or _OUTQ is None or not self._nothing_queued():
+            return 0
+        try:
+            size = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            unsent = struct.unpack("i", fcntl.ioctl(self._socket.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+        return max(0, size // 2 - unsent - self._held_octets)
 
     def through_transport(self) -> None:
         """From now on write only through the transport (STLS: it encrypts from here)."""

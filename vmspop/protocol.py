@@ -632,8 +632,13 @@ class VMSPOP3(pop3.POP3):
         path, size = mbox.messages.raw_path(index), mbox.size_at(index)
         contents = self._read_ahead.take(mbox, index)
         if contents is None and mbox.messages.local:
-            # In memory already (most recent mail is): no hand-over to the pool.
-            contents = read_if_cached(path, self.factory.block_size)
+            # In memory already (most recent mail is): no hand-over to the pool.  A RETR
+            # larger than a block goes whole too if the socket can take it all now.
+            limit = self.factory.block_size
+            if (body_lines is None and limit < size <= self.factory.whole_read_limit
+                    and self._output.room() >= size):
+                limit = self.factory.whole_read_limit
+            contents = read_if_cached(path, limit)
         ahead: list[int] = []
         if contents is not None:
             source = FileSource.holding(path, contents)

@@ -37,7 +37,7 @@ from vmspop.store import MailStore
 from vmspop.tally import LocalTally, SessionTally
 from vmspop.threads import ThreadRunner, thread_runner
 from vmspop.tls import TLSCertificate
-from vmspop.transfer import BLOCK_SIZE
+from vmspop.transfer import BLOCK_SIZE, WHOLE_READ_LIMIT
 
 __all__ = ["POP3Factory", "load_tls", "make_pop3_factory", "make_service", "make_smtp_factory"]
 
@@ -79,6 +79,7 @@ class POP3Factory(ServerFactory):
         self.worker = worker
         self._counted: dict[VMSPOP3, str | None] = {}
         self.block_size = BLOCK_SIZE
+        self.whole_read_limit = WHOLE_READ_LIMIT
         self._challenges = itertools.count(1)
 
     def buildProtocol(self, addr: IAddress) -> VMSPOP3:

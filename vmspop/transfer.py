@@ -24,11 +24,19 @@ if TYPE_CHECKING:
     from vmspop.mailbox import VMSMailbox
 
 __all__ = ["FileSource", "IterSource", "ReadAhead", "StreamStopped", "Streamer", "BLOCK_SIZE",
-           "MAX_READ_AHEAD", "READ_AHEAD_BYTES"]
+           "MAX_READ_AHEAD", "READ_AHEAD_BYTES", "WHOLE_READ_LIMIT"]
 
 #: Large reads amortise the thread hop and the per-block Python work (measured in
 #: docs/performance.md); 256 KiB keeps memory per transfer small.
 BLOCK_SIZE = 256 * 1024
+#: A RETR reads and sends a message up to this size whole, on the reactor thread, when
+#: the kernel holds all of it and the socket can take all of it at once
+#: (:meth:`vmspop.output.Output.room`), instead of in blocks through the pool and the
+#: transport: with four clients downloading the bench's mailbox (10 of its 400
+#: messages between 256 KiB and 1 MiB) that cost one process about a sixth more CPU a
+#: message (docs/performance.md).  As the socket takes it all, a session never holds
+#: such a message unsent; while it is made ready it holds about twice its size.
+WHOLE_READ_LIMIT = 1024 * 1024
 #: A session reads the next small messages of a download along with the one asked
 #: for, up to this many (wire) octets: a client that fetches 1, 2, 3, ... then finds
 #: most of them ready, and each saves a hand-over to the pool (45 us of bookkeeping, and
