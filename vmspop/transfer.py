@@ -34,8 +34,9 @@ BLOCK_SIZE = 256 * 1024
 #: (:meth:`vmspop.output.Output.room`), instead of in blocks through the pool and the
 #: transport: with four clients downloading the bench's mailbox (10 of its 400
 #: messages between 256 KiB and 1 MiB) that cost one process about a sixth more CPU a
-#: message (docs/performance.md).  As the socket takes it all, a session never holds
-#: such a message unsent; while it is made ready it holds about twice its size.
+#: message (docs/performance.md).  As the socket takes it, a session does not hold such
+#: a message unsent (at most what the estimate of room missed); while it is made ready
+#: it holds about twice its size.
 WHOLE_READ_LIMIT = 1024 * 1024
 #: A session reads the next small messages of a download along with the one asked
 #: for, up to this many (wire) octets: a client that fetches 1, 2, 3, ... then finds
