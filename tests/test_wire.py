@@ -391,6 +391,24 @@ def test_linebuffer_overlong_keeps_earlier_lines() -> None:
     assert info.value.lines == [b"NOOP", b"STAT"]
 
 
+@given(st.lists(st.sampled_from([b"RETR 1", b"NOOP", b"", b"a\r", b"\r", b"x" * 20]), max_size=6),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+       st.sampled_from([b"\r\n", b"\n"]))
+def test_linebuffer_any_cut_gives_the_same_lines(lines: list[bytes], cuts: list[int], end: bytes) -> None:
+    """However the input is cut into reads (one whole line per read being the usual
+    case, with its own quick path), the same lines come out."""
+    data = b"".join(line + end for line in lines)
+    buf = LineBuffer()
+    got: list[bytes] = []
+    at = 0
+    for cut in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+        got += buf.feed(data[at:cut])
+        at = cut
+    # One CR before the LF is part of the terminator, whichever ending was added.
+    assert got == [line[:-1] if line.endswith(b"\r") else line for line in (x + end[:-1] for x in lines)]
+    assert not buf.pending
+
+
 def test_linebuffer_max_length_mutable() -> None:
     """max_length can be raised, e.g. for long SASL responses."""
     buf = LineBuffer()

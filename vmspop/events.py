@@ -41,6 +41,7 @@ class EventLog:
 
     def __init__(self, level: str = "info", trace: bool = False, logger: Logger | None = None) -> None:
         self._rank = LOG_LEVELS.index(level)
+        self._sessions = self._on("session")  # the level is fixed: not looked up per command
         self.trace_enabled = trace
         self.log = logger if logger is not None else Logger(namespace="vmspop")
         self._holds = 0
@@ -173,7 +174,7 @@ class EventLog:
 
     def command(self, *, session: str, verb: str, detail: str = "") -> None:
         """One command handled (session level); never carries arguments that are secrets."""
-        if self._on("session"):
+        if self._sessions:
             self._info(f"command: session=<{session}> {verb}{' ' + detail if detail else ''}",
                        session=session, verb=verb, detail=detail)
 

@@ -40,6 +40,18 @@ class LineQueue:
 
     def add(self, lines: list[bytes]) -> None:
         """Queue received lines and run what can run now."""
+        if len(lines) == 1 and not (self._lines or self.busy or self._running or self._paused
+                                    or self.closed):
+            # The usual case, one command with nothing before it: it runs at once, with
+            # no trip through the deque and no pause check (each RETR pays for them).
+            self._running = True
+            try:
+                self._handle(lines[0])
+            finally:
+                self._running = False
+            if self._lines:
+                self.run()  # queued while it ran
+            return
         for line in lines:
             self._lines.append(line)
             self._octets += len(line)

@@ -291,6 +291,12 @@ class LineBuffer:
         Raises:
             LineTooLong: A line (content + CRLF) is longer than max_length.
         """
+        if not self._buffer and data[-1:] == b"\n" and data.find(b"\n") == len(data) - 1:
+            # The usual input: one whole command in one read.  No split, no list walk.
+            line = data[:-2] if data[-2:] == CRLF else data[:-1]
+            if len(line) > self.max_length - len(CRLF):
+                raise LineTooLong([])
+            return [line]
         lines = (self._buffer + data).split(b"\n")
         partial = lines.pop()
         limit = self.max_length - len(CRLF)
