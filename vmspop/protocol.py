@@ -55,6 +55,7 @@ PARTIAL_LINE_TIMEOUT = 60.0
 #: LIST and UIDL lines per written block: few writes, bounded memory for 100,000 messages.
 LINES_PER_BLOCK = 2048
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_HANDLERS = {verb: "do_" + verb for verb in wire.GRAMMAR}  # named once, not per command
 
 
 # The stock class declares IProducer with a stopProducing that raises; vmspop's
@@ -194,7 +195,8 @@ class VMSPOP3(pop3.POP3):
             self._why = "line-too-long"
             self._close()
             return
-        self._watch_partial_line()
+        if self._partial_timer is not None or self._lines.pending:
+            self._watch_partial_line()
         self._queue.add(lines)
 
     def _learn_proxied_peer(self) -> bool:
@@ -241,7 +243,7 @@ class VMSPOP3(pop3.POP3):
 
     def _run(self, line: bytes) -> None:
         self.resetTimeout()
-        if self._sasl is not None:
+        if self._mechanism is not None:
             if self.events.trace_enabled:
                 self._trace("C:", b"********")  # SASL responses carry credentials
             self._hold_for(self._sasl_line(line), "AUTH")
@@ -256,13 +258,13 @@ class VMSPOP3(pop3.POP3):
             else:
                 self._send(wire.err(e.text))  # a blank line is noise, not probing
             return
-        problem = state.refusal(self.phase, command.verb)
-        if problem is not None:
-            self._refuse_command(problem)
+        verb = command.verb
+        if verb not in state.ALLOWED[self.phase]:
+            self._refuse_command(state.refusal(self.phase, verb))
             return
-        self.events.command(session=self.session, verb=command.verb)
+        self.events.command(session=self.session, verb=verb)
         try:
-            result = getattr(self, "do_" + command.verb)(*command.args)
+            result = getattr(self, _HANDLERS[verb])(*command.args)
         except BadMessageNumber as e:
             self._send(wire.err(str(e)))
             return
@@ -628,10 +630,11 @@ class VMSPOP3(pop3.POP3):
         assert mbox is not None
         index = number - 1
         mbox.check(index)
+        messages = mbox.messages
         # As bytes: the os calls take it so without converting it (a RETR's cost counts).
-        path, size = mbox.messages.raw_path(index), mbox.size_at(index)
+        path, size = messages.raw_path(index), mbox.size_at(index)
         contents = self._read_ahead.take(mbox, index)
-        if contents is None and mbox.messages.local:
+        if contents is None and messages.local:
             # In memory already (most recent mail is): no hand-over to the pool.  A RETR
             # larger than a block goes whole too if the socket can take it all now.
             limit = self.factory.block_size
@@ -639,49 +642,30 @@ class VMSPOP3(pop3.POP3):
                     and self._output.room() >= size):
                 limit = self.factory.whole_read_limit
             contents = read_if_cached(path, limit)
-        ahead: list[int] = []
         if contents is not None:
-            source = FileSource.holding(path, contents)
-        else:
-            ahead = self._read_ahead.along(mbox, index)
-            source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
-                                [mbox.messages.raw_path(i) for i in ahead])
+            self._send_whole(index, size, body_lines, contents)
+            return None
+        ahead = self._read_ahead.along(mbox, index)
+        source = FileSource(path, self.factory.run_in_thread, self.factory.block_size,
+                            [messages.raw_path(i) for i in ahead])
 
         def opened(_: Any) -> defer.Deferred | None:
             if ahead:
                 self._read_ahead.keep(ahead, source.ahead)
-            stuffer = wire.Stuffer()
-            parts = stuffer.feed_parts
-            read = source.read
-            if body_lines is None:
-                status = wire.ok_octets(size)
-            else:
-                status = wire.ok("top of message follows")
-                top = wire.TopFilter(body_lines)
-                parts = lambda block: stuffer.feed_parts(top.feed(block))  # noqa: E731
-                # Stop reading once the requested lines are out.
-                read = lambda: defer.succeed(b"") if top.done else source.read()  # noqa: E731
-            head = parts(mbox.prefix(index))
             whole = source.whole
             if whole is not None:
                 # Read whole in its first block (most mail): one write, no producer to run.
-                self._send(status, *head, *parts(whole), stuffer.finish())
                 source.close()
-                if contents is None:
-                    self.resetTimeout()  # the disk took its time; _run reset it otherwise
-                return sent(None)
-            self._send(status, *head)
+                self.resetTimeout()  # the disk took its time; _run reset it otherwise
+                self._send_whole(index, size, body_lines, whole)
+                return None
+            status, stuffer, top = _message_reply(size, body_lines)
+            parts = stuffer.feed_parts if top is None else lambda block: stuffer.feed_parts(top.feed(block))
+            # TOP stops reading once the requested lines are out.
+            read = source.read if top is None else lambda: defer.succeed(b"") if top.done else source.read()
+            self._send(status, *parts(mbox.prefix(index)))
             return self._stream(read, source.close, lambda block: b"".join(parts(block)),
-                                stuffer.finish).addCallback(sent)
-
-        def sent(_: Any) -> None:
-            if body_lines is None:
-                mbox.mark_retrieved(index)
-                self._stats["retr"] += 1
-                self._stats["retr_octets"] += size
-                self.factory.stats.retrieved(size)
-            else:
-                self._stats["top"] += 1
+                                stuffer.finish).addCallback(lambda _: self._sent(index, size, body_lines))
 
         def unreadable(failure: Failure) -> None:
             failure.trap(OSError)
@@ -690,9 +674,28 @@ class VMSPOP3(pop3.POP3):
                               why=failure.value.strerror or str(failure.value))
             self._send(wire.err(f"message {number} is no longer available", "SYS/TEMP"))
 
-        if contents is not None:
-            return opened(None)  # in memory: no Deferred to go through
         return source.open().addCallbacks(opened, unreadable)
+
+    def _send_whole(self, index: int, size: int, body_lines: int | None, contents: bytes) -> None:
+        """Answer RETR or TOP for a message in memory: one write."""
+        assert self.mbox is not None
+        status, stuffer, top = _message_reply(size, body_lines)
+        head = self.mbox.prefix(index)
+        if top is not None:
+            head, contents = top.feed(head), top.feed(contents)
+        self._send(status, *stuffer.feed_parts(head), *stuffer.feed_parts(contents), stuffer.finish())
+        self._sent(index, size, body_lines)
+
+    def _sent(self, index: int, size: int, body_lines: int | None) -> None:
+        """A RETR or TOP reply is out: count it, and a RETR marks its message for the move."""
+        assert self.mbox is not None
+        if body_lines is None:
+            self.mbox.mark_retrieved(index)
+            self._stats["retr"] += 1
+            self._stats["retr_octets"] += size
+            self.factory.stats.retrieved(size)
+        else:
+            self._stats["top"] += 1
 
     def do_XTND(self, verb: bytes, rest: bytes | None = None) -> None:
         """The OpenVMS extensions: ``XTND STATS`` for the accounts in ``--stats-users``."""
@@ -785,6 +788,13 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False  # a UNIX socket path or an unknown address family
+
+
+def _message_reply(size: int, body_lines: int | None) -> tuple[bytes, wire.Stuffer, wire.TopFilter | None]:
+    """The status line, the stuffer and, for TOP, the filter of a RETR or TOP reply."""
+    if body_lines is None:
+        return wire.ok_octets(size), wire.Stuffer(), None
+    return wire.ok("top of message follows"), wire.Stuffer(), wire.TopFilter(body_lines)
 
 
 def _maildrop(count: int, octets: int) -> str:
