@@ -82,18 +82,8 @@ class FileSource:
         #: read (unreadable, larger than a block, or this file was not read whole).
         self.ahead: list[bytes | None] = []
 
-    @classmethod
-    def holding(cls, path: str | bytes, contents: bytes) -> FileSource:
-        """A source for a file already read (ahead): :meth:`open` needs no thread."""
-        source = cls(path, _no_thread)
-        source._first = contents
-        return source
-
     def open(self) -> defer.Deferred:
         """Open the file and read ahead its first block; fails with OSError if it is gone."""
-        if self._first is not None:  # holding()
-            return defer.succeed(None)
-
         def opened(result: tuple[int | None, bytes, list[bytes | None]]) -> None:
             self._fd, self._first, self.ahead = result
 
@@ -205,7 +195,8 @@ class ReadAhead:
         contents = self._held.pop(index, None)
         if contents is not None:
             return contents
-        self._held = {}  # what was read ahead and passed over goes
+        if self._held:
+            self._held = {}  # what was read ahead and passed over goes
         self._count = min(max(1, 2 * self._count), MAX_READ_AHEAD) if in_order else 0
         return None
 
@@ -223,10 +214,6 @@ class ReadAhead:
             self._held = {}
         else:
             self._held.pop(index, None)
-
-
-def _no_thread(f: Callable[..., object], *args: object) -> defer.Deferred:
-    raise AssertionError("a FileSource made by holding() makes no blocking call")
 
 
 class IterSource:
