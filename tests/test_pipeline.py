@@ -23,6 +23,19 @@ def queue(handle: Any, max_pending: int = 100) -> tuple[LineQueue, FakeTransport
     return LineQueue(handle, lambda: transport, max_pending), transport
 
 
+def holding_on(hold: bytes, max_pending: int = 100) -> tuple[LineQueue, FakeTransport, list[bytes]]:
+    """A queue that records the lines it runs and holds on the line ``hold``."""
+    ran: list[bytes] = []
+
+    def handle(line: bytes) -> None:
+        ran.append(line)
+        if line == hold:
+            q.hold()
+
+    q, transport = queue(handle, max_pending)
+    return q, transport, ran
+
+
 def test_a_line_that_arrives_while_one_runs_waits_its_turn() -> None:
     """A single line runs at once; one added while it runs follows it, not inside it."""
     ran: list[bytes] = []
@@ -40,14 +53,7 @@ def test_a_line_that_arrives_while_one_runs_waits_its_turn() -> None:
 
 
 def test_a_held_line_keeps_the_next_waiting_until_release() -> None:
-    ran: list[bytes] = []
-
-    def handle(line: bytes) -> None:
-        ran.append(line)
-        if line == b"login":
-            q.hold()
-
-    q, _ = queue(handle)
+    q, _, ran = holding_on(b"login")
     q.add([b"login"])
     q.add([b"STAT"])
     q.add([b"LIST", b"QUIT"])
@@ -58,14 +64,7 @@ def test_a_held_line_keeps_the_next_waiting_until_release() -> None:
 
 
 def test_waiting_input_beyond_the_bound_pauses_the_transport_until_it_runs() -> None:
-    ran: list[bytes] = []
-
-    def handle(line: bytes) -> None:
-        ran.append(line)
-        if line == b"hold":
-            q.hold()
-
-    q, transport = queue(handle, max_pending=10)
+    q, transport, ran = holding_on(b"hold", max_pending=10)
     q.add([b"hold"])
     q.add([b"x" * 6])
     assert not transport.paused
